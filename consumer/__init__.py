@@ -1,0 +1,1 @@
+"""The consumer side: the owner client, data-free distillation, local generation and evaluation."""

@@ -1,0 +1,1 @@
+"""The hospital side: datasets, the fair teacher, the model registry, PKI and the gRPC daemon."""
