@@ -1,0 +1,204 @@
+"""``fair4free-owner``: the hospital's commands (data, train, pki, serve)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fair4free.common.cli_support import configure_logging, run_cli
+from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.schema import infer_schema
+from fair4free.data_owner import datasets, pki
+from fair4free.data_owner.registry import load_teacher
+from fair4free.data_owner.server import ServerConfig, build_server, run_until_signalled
+from fair4free.data_owner.train_pipeline import train_to_directory
+from fair4free.data_owner.training import TrainingConfig
+
+logger = logging.getLogger("fair4free.owner")
+
+
+def _columns(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The owner's command line; every subcommand has a ``handler`` default."""
+    parser = argparse.ArgumentParser(prog="fair4free-owner", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="write a train/test split of a dataset as CSV files")
+    data.add_argument("dataset", choices=["cohort", "adult", "compas", "csv"])
+    data.add_argument("--data", type=Path, help="csv: the table to split")
+    data.add_argument("--target", help="csv: binary target column")
+    data.add_argument("--sensitive", help="csv: sensitive attribute column")
+    data.add_argument("--out", type=Path, required=True, help="folder for train.csv and test.csv")
+    data.add_argument(
+        "--data-home", type=Path, help=f"benchmark data folder (or ${datasets.DATA_HOME_ENV})"
+    )
+    data.add_argument("--rows", type=int, default=6000, help="cohort: number of rows")
+    data.add_argument("--bias", type=float, default=0.8, help="cohort: direct effect of s on y")
+    data.add_argument("--test-fraction", type=float, default=0.2)
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(handler=_data)
+
+    train = commands.add_parser("train", help="train a fair teacher on a CSV table")
+    train.add_argument("--data", type=Path, required=True, help="training CSV with a header row")
+    train.add_argument("--target", required=True, help="binary target column")
+    train.add_argument("--sensitive", required=True, help="sensitive attribute column")
+    train.add_argument("--out", type=Path, required=True, help="new model directory")
+    train.add_argument(
+        "--categorical", type=_columns, default=(), help="force columns categorical (a,b)"
+    )
+    train.add_argument("--numeric", type=_columns, default=(), help="force columns numeric (a,b)")
+    train.add_argument("--positive-class", help="the target's positive class (default: minority)")
+    train.add_argument("--fairness-weight", type=float, default=TrainingConfig.fairness_weight)
+    train.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
+    train.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
+    train.add_argument("--latent-dim", type=int, default=8)
+    train.add_argument("--hidden", type=int, default=128)
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(handler=_train)
+
+    pki_parser = commands.add_parser(
+        "pki", help="development PKI: CA, server and client certificates"
+    )
+    pki_commands = pki_parser.add_subparsers(dest="pki_command", required=True)
+    init = pki_commands.add_parser("init", help="create a CA and a server certificate")
+    init.add_argument("--dir", type=Path, required=True)
+    init.add_argument(
+        "--hostname", action="append", default=None, help="server DNS name (repeatable)"
+    )
+    init.add_argument("--ip", action="append", default=None, help="server IP address (repeatable)")
+    init.set_defaults(handler=_pki_init)
+    issue = pki_commands.add_parser("issue-client", help="issue a client certificate")
+    issue.add_argument("--dir", type=Path, required=True)
+    issue.add_argument("--name", required=True, help="client identity, e.g. acme-research")
+    issue.set_defaults(handler=_pki_issue)
+
+    serve = commands.add_parser("serve", help="serve model queries over mutual TLS")
+    serve.add_argument("--model", type=Path, required=True)
+    serve.add_argument("--pki", type=Path, required=True, help="folder made by 'pki init'")
+    serve.add_argument("--listen", default=ServerConfig.listen, help="HOST:PORT (port 0: any free)")
+    serve.add_argument("--max-rows-per-call", type=int, default=ServerConfig.max_rows_per_call)
+    serve.add_argument("--ready-file", type=Path, help="write HOST:PORT here once serving")
+    serve.add_argument("--seed", type=int, help="seed latent sampling (tests only)")
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def _load_dataset(args: argparse.Namespace) -> datasets.TabularDataset:
+    if args.dataset == "cohort":
+        return datasets.make_cohort(args.rows, bias=args.bias, seed=args.seed)
+    if args.dataset == "csv":
+        if args.data is None or args.target is None or args.sensitive is None:
+            raise Fair4FreeError(
+                ErrorCode.CONFIG_INVALID, "'data csv' needs --data, --target and --sensitive"
+            )
+        return datasets.load_csv_dataset(args.data, target=args.target, sensitive=args.sensitive)
+    home = datasets.resolve_data_home(args.data_home)
+    return datasets.load_adult(home) if args.dataset == "adult" else datasets.load_compas(home)
+
+
+def _data(args: argparse.Namespace) -> int:
+    dataset = _load_dataset(args)
+    schema = dataset.schema()
+    train, test = datasets.split_table(
+        dataset.frame, target=dataset.target, test_fraction=args.test_fraction, seed=args.seed
+    )
+    datasets.export_split(train, test, args.out, schema)
+    description = {
+        "dataset": dataset.name,
+        "target": schema.target,
+        "sensitive": schema.sensitive,
+        "positive_class": schema.positive_class,
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "split_seed": args.seed,
+        "test_fraction": args.test_fraction,
+    }
+    (args.out / "dataset.json").write_text(json.dumps(description, indent=2))
+    print(
+        f"wrote {len(train)} training and {len(test)} test rows to {args.out} "
+        f"(target {dataset.target!r}, sensitive {dataset.sensitive!r})"
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    dataset = datasets.load_csv_dataset(args.data, target=args.target, sensitive=args.sensitive)
+    schema = infer_schema(
+        dataset.frame,
+        target=args.target,
+        sensitive=args.sensitive,
+        categorical=args.categorical,
+        numeric=args.numeric,
+        positive_class=args.positive_class,
+        missing_token=dataset.missing_token,
+    )
+    training = TrainingConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        fairness_weight=args.fairness_weight,
+        seed=args.seed,
+    )
+    content_hash = train_to_directory(
+        dataset.frame,
+        schema,
+        out=args.out,
+        dataset_name=dataset.name,
+        latent_dim=args.latent_dim,
+        hidden=args.hidden,
+        training=training,
+    )
+    print(f"saved teacher to {args.out} (content hash {content_hash[:12]})")
+    return 0
+
+
+def _pki_init(args: argparse.Namespace) -> int:
+    layout = pki.init_pki(
+        args.dir,
+        hostnames=tuple(args.hostname or ("localhost",)),
+        ip_addresses=tuple(args.ip or ("127.0.0.1",)),
+    )
+    print(f"created CA {layout.ca_cert} and server certificate {layout.server_cert}")
+    return 0
+
+
+def _pki_issue(args: argparse.Namespace) -> int:
+    cert, key = pki.issue_client(args.dir, args.name)
+    print(
+        f"issued {pki.client_identity_uri(args.name)}: {cert} (key {key}); give both to the client"
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = ServerConfig(
+        listen=args.listen, max_rows_per_call=args.max_rows_per_call, seed=args.seed
+    )
+    teacher = load_teacher(args.model)
+    server, port = build_server(teacher, tls=pki.PkiLayout(args.pki).server_files(), config=config)
+    address = f"{config.listen.rpartition(':')[0]}:{port}"
+    logger.info("serving model %s on %s (mutual TLS)", teacher.model_id, address)
+    if args.ready_file is not None:
+        staging = args.ready_file.with_name(args.ready_file.name + ".tmp")
+        staging.write_text(address)
+        staging.replace(args.ready_file)
+    run_until_signalled(server, grace_seconds=config.grace_seconds)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fair4free-owner``."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    return run_cli(lambda: int(args.handler(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

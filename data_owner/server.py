@@ -1,0 +1,106 @@
+"""Building and running the daemon: one factory that returns the server and its bound port.
+
+mTLS is not optional here: the only way to build a server is with credentials that require a
+client certificate. Tests bind ``127.0.0.1:0`` and read the port back.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.tls import TlsFiles, server_credentials
+from fair4free.data_owner.interceptors import ErrorMappingInterceptor, IdentityInterceptor
+from fair4free.data_owner.registry import Teacher
+from fair4free.data_owner.servicer import OwnerServicer
+from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "fair4free.v1.OwnerService"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Daemon settings, validated once when the command line is read."""
+
+    listen: str = "127.0.0.1:50051"
+    max_rows_per_call: int = 4096
+    max_workers: int = 8
+    max_message_bytes: int = 16 * 1024 * 1024
+    seed: int | None = None
+    grace_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise Fair4FreeError(
+                ErrorCode.CONFIG_INVALID, f"--listen must be HOST:PORT, got {self.listen!r}"
+            )
+        if not 1 <= self.max_rows_per_call <= 1_000_000:
+            raise Fair4FreeError(
+                ErrorCode.CONFIG_INVALID,
+                f"max rows per call must be 1..1000000, got {self.max_rows_per_call}",
+            )
+        if self.max_workers < 1:
+            raise Fair4FreeError(ErrorCode.CONFIG_INVALID, "max workers must be at least 1")
+
+
+def build_server(
+    teacher: Teacher, *, tls: TlsFiles, config: ServerConfig
+) -> tuple[grpc.Server, int]:
+    """A started server with the owner service and standard health checking; returns its port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers),
+        interceptors=[ErrorMappingInterceptor(), IdentityInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ],
+        maximum_concurrent_rpcs=4 * config.max_workers,
+    )
+    pb_grpc.add_OwnerServiceServicer_to_server(
+        OwnerServicer(teacher, max_rows_per_call=config.max_rows_per_call, seed=config.seed),
+        server,
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    credentials = server_credentials(ca=tls.ca, cert=tls.cert, key=tls.key)
+    try:
+        port = server.add_secure_port(config.listen, credentials)
+    except RuntimeError as exc:
+        raise Fair4FreeError(
+            ErrorCode.CONFIG_INVALID, f"cannot listen on {config.listen}: {exc}"
+        ) from None
+    if port == 0:
+        raise Fair4FreeError(ErrorCode.CONFIG_INVALID, f"cannot listen on {config.listen}")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port
+
+
+def run_until_signalled(server: grpc.Server, *, grace_seconds: float) -> None:
+    """Block until SIGTERM or SIGINT, then let in-flight calls finish within the grace period."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop.wait()
+    finally:
+        server.stop(grace_seconds).wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        logger.info("stopped")

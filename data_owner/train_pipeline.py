@@ -1,0 +1,63 @@
+"""From a table to a saved teacher: encode, train, write the model directory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from fair4free.common.encoding import TableEncoder
+from fair4free.common.schema import TableSchema
+from fair4free.data_owner.registry import save_teacher
+from fair4free.data_owner.teacher import TeacherConfig
+from fair4free.data_owner.training import TrainingConfig, train_teacher
+
+logger = logging.getLogger(__name__)
+
+
+def train_to_directory(
+    frame: pd.DataFrame,
+    schema: TableSchema,
+    *,
+    out: Path,
+    dataset_name: str,
+    latent_dim: int,
+    hidden: int,
+    training: TrainingConfig,
+) -> str:
+    """Train a teacher on ``frame`` and save it to ``out``; returns the content hash."""
+    encoder = TableEncoder.fit(frame, schema)
+    x, s = encoder.encode(frame)
+    teacher_config = TeacherConfig(
+        input_dim=encoder.width,
+        target_start=encoder.target_block.start,
+        n_sensitive=len(encoder.sensitive_categories),
+        latent_dim=latent_dim,
+        hidden=hidden,
+    )
+    logger.info(
+        "training on %d rows, %d model columns, sensitive %r with %d values",
+        x.shape[0],
+        encoder.width,
+        schema.sensitive,
+        teacher_config.n_sensitive,
+    )
+    model, summary = train_teacher(
+        x, s, blocks=encoder.blocks, teacher_config=teacher_config, config=training
+    )
+    logger.info(
+        "trained in %.0f s: reconstruction %.3f, dcor(z, s) %.3f",
+        summary.seconds,
+        summary.reconstruction,
+        summary.latent_sensitive_dcor,
+    )
+    return save_teacher(
+        out,
+        model=model,
+        encoder=encoder,
+        x_train=x,
+        training_config=training,
+        summary=summary,
+        dataset_name=dataset_name,
+    )
