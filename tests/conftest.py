@@ -1,0 +1,78 @@
+"""Shared fixtures: real PKI material, a small trained teacher, a live mTLS daemon on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fair4free.common.schema import TableSchema
+from fair4free.consumer.client import ClientConfig, OwnerClient
+from fair4free.data_owner import datasets
+from fair4free.data_owner.pki import PkiLayout, init_pki, issue_client
+from fair4free.data_owner.registry import load_teacher
+from fair4free.data_owner.server import ServerConfig, build_server
+from fair4free.data_owner.train_pipeline import train_to_directory
+from fair4free.data_owner.training import TrainingConfig
+
+CLIENT_NAME = "test-consumer"
+MAX_ROWS_PER_CALL = 512
+
+
+@dataclass(frozen=True)
+class Cohort:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    schema: TableSchema
+
+
+@pytest.fixture(scope="session")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> PkiLayout:
+    root = tmp_path_factory.mktemp("pki")
+    layout = init_pki(root)
+    issue_client(root, CLIENT_NAME)
+    return layout
+
+
+@pytest.fixture(scope="session")
+def cohort() -> Cohort:
+    dataset = datasets.make_cohort(1500, seed=0)
+    train, test = datasets.split_table(dataset.frame, target=dataset.target, seed=0)
+    return Cohort(train=train, test=test, schema=dataset.schema())
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory, cohort: Cohort) -> Path:
+    out = tmp_path_factory.mktemp("models") / "teacher"
+    train_to_directory(
+        cohort.train,
+        cohort.schema,
+        out=out,
+        dataset_name="cohort",
+        latent_dim=4,
+        hidden=32,
+        training=TrainingConfig(epochs=4, batch_size=128, seed=0),
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def server_address(teacher_dir: Path, pki_dir: PkiLayout) -> Iterator[str]:
+    config = ServerConfig(listen="127.0.0.1:0", max_rows_per_call=MAX_ROWS_PER_CALL, seed=0)
+    server, port = build_server(
+        load_teacher(teacher_dir), tls=pki_dir.server_files(), config=config
+    )
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+@pytest.fixture
+def client(server_address: str, pki_dir: PkiLayout) -> Iterator[OwnerClient]:
+    config = ClientConfig(
+        server=server_address, tls=pki_dir.client_files(CLIENT_NAME), timeout_seconds=20
+    )
+    with OwnerClient(config) as owner:
+        yield owner
