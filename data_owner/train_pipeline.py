@@ -47,7 +47,7 @@ def train_to_directory(
         x, s, blocks=encoder.blocks, teacher_config=teacher_config, config=training
     )
     logger.info(
-        "trained in %.0f s: reconstruction %.3f, dcor(z, s) %.3f",
+        "trained in %.0f s: reconstruction %.3f, dcor(posterior, s) %.3f",
         summary.seconds,
         summary.reconstruction,
         summary.latent_sensitive_dcor,

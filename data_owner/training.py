@@ -1,4 +1,9 @@
-"""Training the fair teacher: reconstruction + KL + weighted distance-correlation penalty."""
+"""Training the fair teacher: reconstruction + KL + weighted distance-correlation penalty.
+
+The penalty is taken between s and the posterior parameters (mu, logvar) of each row, not a
+sampled z: on samples, the encoder can satisfy it by drowning z in posterior noise while mu still
+carries s (measured on the cohort: dcor(mu, s) rose from 0.07 to 0.27 at weight 20).
+"""
 
 from __future__ import annotations
 
@@ -71,10 +76,13 @@ def train_teacher(
         for start in range(0, n_rows - config.batch_size // 2, config.batch_size):
             index = order[start : start + config.batch_size]
             x_batch, s_batch = x_all[index], s_all[index]
-            raw, z, mu, logvar = model(x_batch, s_batch)
+            raw, _, mu, logvar = model(x_batch, s_batch)
             recon = reconstruction_loss(raw, x_batch, blocks)
             kl = kl_to_standard_normal(mu, logvar)
-            dcor = distance_correlation(z, one_hot_sensitive(s_batch, teacher_config.n_sensitive))
+            dcor = distance_correlation(
+                torch.cat([mu, logvar], dim=1),
+                one_hot_sensitive(s_batch, teacher_config.n_sensitive),
+            )
             loss = recon + config.kl_weight * kl + config.fairness_weight * dcor
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -83,7 +91,7 @@ def train_teacher(
             batches += 1
         recon_m, kl_m, dcor_m = totals / max(batches, 1)
         logger.info(
-            "epoch %d/%d  reconstruction %.3f  kl %.3f  dcor(z, s) %.3f  (%.0f s)",
+            "epoch %d/%d  reconstruction %.3f  kl %.3f  dcor(posterior, s) %.3f  (%.0f s)",
             epoch,
             config.epochs,
             recon_m,
@@ -106,12 +114,15 @@ def _summarise(
     """Final losses on a fixed subsample, so the summary is comparable across runs."""
     with torch.no_grad():
         x_eval, s_eval = x[:2000], s[:2000]
-        raw, z, mu, logvar = model(x_eval, s_eval)
+        raw, _, mu, logvar = model(x_eval, s_eval)
         return TrainingSummary(
             reconstruction=float(reconstruction_loss(raw, x_eval, blocks)),
             kl=float(kl_to_standard_normal(mu, logvar)),
             latent_sensitive_dcor=float(
-                distance_correlation(z, one_hot_sensitive(s_eval, teacher_config.n_sensitive))
+                distance_correlation(
+                    torch.cat([mu, logvar], dim=1),
+                    one_hot_sensitive(s_eval, teacher_config.n_sensitive),
+                )
             ),
             seconds=time.monotonic() - started,
         )
