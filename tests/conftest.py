@@ -11,6 +11,7 @@ import pytest
 
 from fair4free.common.schema import TableSchema
 from fair4free.consumer.client import ClientConfig, OwnerClient
+from fair4free.consumer.distillation import DistillConfig, distill
 from fair4free.data_owner import datasets
 from fair4free.data_owner.pki import PkiLayout, init_pki, issue_client
 from fair4free.data_owner.registry import load_teacher
@@ -20,6 +21,9 @@ from fair4free.data_owner.training import TrainingConfig
 
 CLIENT_NAME = "test-consumer"
 MAX_ROWS_PER_CALL = 512
+SMALL_DISTILLATION = DistillConfig(
+    latent_rows=1024, decode_rows=1024, generator_steps=80, decoder_steps=80, batch_size=128
+)
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,14 @@ def client(server_address: str, pki_dir: PkiLayout) -> Iterator[OwnerClient]:
     )
     with OwnerClient(config) as owner:
         yield owner
+
+
+@pytest.fixture(scope="session")
+def student_dir(
+    tmp_path_factory: pytest.TempPathFactory, server_address: str, pki_dir: PkiLayout
+) -> Path:
+    out = tmp_path_factory.mktemp("students") / "student"
+    config = ClientConfig(server=server_address, tls=pki_dir.client_files(CLIENT_NAME))
+    with OwnerClient(config) as client:
+        distill(client, out, SMALL_DISTILLATION)
+    return out

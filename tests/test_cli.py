@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import CLIENT_NAME, Cohort
 from fair4free.common.artifacts import METADATA_FILE
 from fair4free.common.errors import ExitCode
+from fair4free.common.table_io import read_table
 from fair4free.data_owner.pki import PkiLayout, init_pki, issue_client
 
 
@@ -149,3 +153,40 @@ def test_evaluate_with_an_unknown_column(tmp_path: Path, train_csv: Path, cohort
     result = run("consumer", "evaluate", "--synthetic", str(train_csv), "--real", str(train_csv),
                  "--target", cohort.schema.target, "--sensitive", "race_typo")  # fmt: skip
     assert_one_line_error(result, ExitCode.BAD_INPUT, "race_typo")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_generate_writes_the_original_schema(
+    tmp_path: Path, student_dir: Path, cohort: Cohort, suffix: str
+) -> None:
+    out = tmp_path / f"synthetic{suffix}"
+    result = run("consumer", "generate", "--student", str(student_dir), "-n", "250",
+                 "--out", str(out), "--seed", "3")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    frame = read_table(out) if suffix == ".csv" else pd.read_parquet(out)
+    assert list(frame.columns) == list(cohort.train.columns)
+    assert len(frame) == 250
+    for column in cohort.schema.columns:
+        if column.kind.value == "categorical":
+            seen = set(frame[column.name].dropna())
+            assert seen <= set(cohort.train[column.name].dropna()), column.name
+
+
+def test_serve_shuts_down_gracefully_on_sigterm(
+    tmp_path: Path, teacher_dir: Path, pki_dir: PkiLayout
+) -> None:
+    ready = tmp_path / "ready"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fair4free.data_owner", "serve", "--model", str(teacher_dir),
+         "--pki", str(pki_dir.root), "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.read_text().startswith("127.0.0.1:")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "received SIGTERM, shutting down" in stderr
+    assert "Traceback" not in stderr

@@ -11,27 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CLIENT_NAME, Cohort
+from conftest import CLIENT_NAME, SMALL_DISTILLATION, Cohort
 from fair4free.common.errors import ErrorCode, Fair4FreeError
-from fair4free.consumer.client import ClientConfig, OwnerClient
-from fair4free.consumer.distillation import DistillConfig, distill, work_directory
+from fair4free.consumer.client import OwnerClient
+from fair4free.consumer.distillation import distill, work_directory
 from fair4free.consumer.student import Student
 from fair4free.data_owner.pki import PkiLayout
-
-SMALL = DistillConfig(
-    latent_rows=1024, decode_rows=1024, generator_steps=80, decoder_steps=80, batch_size=128
-)
-
-
-@pytest.fixture(scope="module")
-def student_dir(
-    tmp_path_factory: pytest.TempPathFactory, server_address: str, pki_dir: PkiLayout
-) -> Path:
-    out = tmp_path_factory.mktemp("students") / "student"
-    config = ClientConfig(server=server_address, tls=pki_dir.client_files(CLIENT_NAME))
-    with OwnerClient(config) as client:
-        distill(client, out, SMALL)
-    return out
 
 
 def test_student_generates_rows_in_the_original_schema(student_dir: Path, cohort: Cohort) -> None:
@@ -74,7 +59,7 @@ def test_student_records_its_collapse_check(student_dir: Path) -> None:
 def test_existing_output_is_never_overwritten(student_dir: Path, client: OwnerClient) -> None:
     before = sorted(p.name for p in student_dir.iterdir())
     with pytest.raises(Fair4FreeError, match="already exists") as caught:
-        distill(client, student_dir, SMALL)
+        distill(client, student_dir, SMALL_DISTILLATION)
     assert caught.value.code is ErrorCode.OUTPUT_UNWRITABLE
     assert sorted(p.name for p in student_dir.iterdir()) == before
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -20,6 +21,7 @@ from fair4free.data_owner.pki import PkiLayout
 from fair4free.data_owner.registry import load_teacher
 from fair4free.v1 import fair4free_pb2 as pb
 from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
+from forged_certs import forge, write_pair
 
 TIMEOUT = 10
 
@@ -153,3 +155,25 @@ def test_plaintext_client_is_refused(server_address: str) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             stub.GetManifest(pb.GetManifestRequest(request_id="r"), timeout=TIMEOUT)
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_certificate_naming_no_consumer_is_unauthenticated(
+    server_address: str, pki_dir: PkiLayout, tmp_path: Path
+) -> None:
+    """The CA signed it, so the handshake passes; the identity interceptor must refuse it."""
+    cert, key = forge(pki_dir, uris=["https://example.org/not-a-consumer"])
+    cert_path, key_path = write_pair(tmp_path, cert, key)
+    credentials = channel_credentials(ca=pki_dir.ca_cert, cert=cert_path, key=key_path)
+    with grpc.secure_channel(server_address, credentials) as channel:
+        stub = pb_grpc.OwnerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetManifest(pb.GetManifestRequest(request_id="r"), timeout=TIMEOUT)
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert (caught.value.details() or "").startswith(
+            "the client certificate names no consumer identity"
+        )
+        with pytest.raises(grpc.RpcError) as streamed:
+            list(
+                stub.SampleLatents(pb.SampleLatentsRequest(request_id="r", rows=1), timeout=TIMEOUT)
+            )
+        assert streamed.value.code() is grpc.StatusCode.UNAUTHENTICATED
