@@ -7,12 +7,13 @@ with the catalog's status; anything unexpected prints one line and exits 1. Set
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from fair4free.common.errors import ErrorCode, ExitCode, Fair4FreeError
@@ -33,6 +34,13 @@ def configure_logging(verbose: bool = False) -> None:
 
 def _terminate_as_interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def run_parsed(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse, set up logging and run the chosen subcommand's ``handler(args) -> int``."""
+    args = parser.parse_args(argv)
+    configure_logging(getattr(args, "verbose", False))
+    return run_cli(lambda: int(args.handler(args)))
 
 
 def run_cli(main: Callable[[], int]) -> int:

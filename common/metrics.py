@@ -9,6 +9,7 @@ style of fairlearn's metric functions; ``evaluate_synthetic`` combines them on t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -22,11 +23,11 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
-from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.fidelity import DEFAULT_K, density_coverage
 
 ClassLabel: TypeAlias = str | int | float | bool
 """A value of the target column; compared by its text, so ``1``, ``1.0`` and ``"1"`` agree."""
@@ -34,15 +35,8 @@ ClassLabel: TypeAlias = str | int | float | bool
 FairnessMethod: TypeAlias = Literal["between_groups", "to_overall"]
 """How fairlearn forms its ratios: smallest over largest group, or each group against all rows."""
 
-DEFAULT_K = 5
 """The neighbourhood size Naeem et al. recommend for density and coverage."""
 
-# Squared distances come from |x|^2 - 2 x.y + |y|^2 (one matrix product, fast) whose rounding
-# error grows with the squared norms involved. Two squared distances this close, relative to those
-# norms, count as equal, so ties (frequent with one-hot columns) and duplicates are decided the way
-# exact arithmetic decides them. Far above the rounding error, far below any real difference.
-_TIE_RELATIVE_SLACK = 1e-9
-_CHUNK_CELLS = 4_000_000
 # Histogram gradient boosting bins each categorical feature into at most 255 codes.
 _MAX_NATIVE_CATEGORIES = 255
 
@@ -93,9 +87,15 @@ class EvaluationReport:
     n_synthetic: int
     n_real: int
 
-    def to_dict(self) -> dict[str, float | int]:
-        """Give a plain mapping so reports can be written as JSON or compared across runs."""
-        return asdict(self)
+    def to_dict(self) -> dict[str, float | int | None]:
+        """A plain mapping for JSON; an undefined score (NaN, e.g. 0/0 in a ratio) becomes None.
+
+        Strict JSON has no NaN, and a reader should see "undefined", not a number.
+        """
+        return {
+            name: None if isinstance(value, float) and math.isnan(value) else value
+            for name, value in asdict(self).items()
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,60 +140,6 @@ def fairness_scores(
     dpr = demographic_parity_ratio(y_true, y_pred, sensitive_features=groups, method=method)
     eor = equalized_odds_ratio(y_true, y_pred, sensitive_features=groups, method=method)
     return FairnessScores(dpr=float(dpr), eor=float(eor))
-
-
-def density_coverage(
-    real: NDArray[np.floating[Any]], synthetic: NDArray[np.floating[Any]], *, k: int = DEFAULT_K
-) -> tuple[float, float]:
-    """Measure fidelity (density) and diversity (coverage) as in Naeem et al. (2020).
-
-    Each real row gets a ball out to its k-th nearest real neighbour. Density counts the balls
-    each synthetic row falls in, over k: about 1 when both sides share a distribution, above 1
-    where synthetic rows crowd together. Coverage is the share of balls holding a synthetic row.
-    Both are robust to real outliers, unlike precision and recall. Balls are open, as in the
-    paper's code, except that a real row's exact copy is always inside: a row with k duplicates
-    (common in tables) has radius 0, and a copy should still cover it.
-    """
-    real_rows = _finite_matrix(real, name="real")
-    synthetic_rows = _finite_matrix(synthetic, name="synthetic")
-    if real_rows.shape[1] != synthetic_rows.shape[1]:
-        widths = f"{real_rows.shape[1]} and {synthetic_rows.shape[1]}"
-        detail = f"real and synthetic rows must have the same number of features, got {widths}"
-        raise Fair4FreeError(ErrorCode.TENSOR_INVALID, detail)
-    if k < 1:
-        raise Fair4FreeError(ErrorCode.CONFIG_INVALID, f"k must be at least 1, got {k}")
-    if len(real_rows) < k + 1 or len(synthetic_rows) == 0:
-        got = f"got {len(real_rows)} and {len(synthetic_rows)}"
-        detail = f"k = {k} needs at least {k + 1} real rows and 1 synthetic row, {got}"
-        raise Fair4FreeError(ErrorCode.CONFIG_INVALID, detail)
-
-    # Distances do not change under a shared shift; centring keeps the norms, and so the rounding
-    # error of the squared-distance formula, as small as the spread of the data allows.
-    centre = real_rows.mean(axis=0)
-    real_rows, synthetic_rows = real_rows - centre, synthetic_rows - centre
-    real_norms = np.einsum("ij,ij->i", real_rows, real_rows)
-    synthetic_norms = np.einsum("ij,ij->i", synthetic_rows, synthetic_rows)
-
-    # Querying the fitted rows themselves keeps each row as its own nearest neighbour (distance 0),
-    # so column k holds the k-th neighbour among the others, duplicates counted.
-    nearest = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(real_rows)
-    distances, indices = nearest.kneighbors(real_rows)
-    radii_squared = distances[:, k] ** 2
-    radius_norms = real_norms[indices[:, k]]
-
-    inside_counts = np.empty(len(real_rows), dtype=np.int64)
-    chunk = max(1, _CHUNK_CELLS // len(synthetic_rows))
-    for start in range(0, len(real_rows), chunk):
-        rows = slice(start, start + chunk)
-        norms = real_norms[rows, None]
-        squared = norms - 2.0 * real_rows[rows] @ synthetic_rows.T + synthetic_norms[None, :]
-        slack = _TIE_RELATIVE_SLACK * (2.0 * norms + radius_norms[rows, None] + synthetic_norms)
-        inside = (squared < radii_squared[rows, None] - slack) | (squared <= slack)
-        inside_counts[rows] = inside.sum(axis=1)
-
-    density = float(inside_counts.sum()) / (k * len(synthetic_rows))
-    coverage = float(np.mean(inside_counts > 0))
-    return density, coverage
 
 
 def feature_space(reference: pd.DataFrame, *, columns: Sequence[str]) -> FeatureSpace:
@@ -469,14 +415,6 @@ def _sample(frame: pd.DataFrame, limit: int, rng: np.random.Generator) -> pd.Dat
     if len(frame) <= limit:
         return frame
     return frame.iloc[np.sort(rng.choice(len(frame), size=limit, replace=False))]
-
-
-def _finite_matrix(values: NDArray[np.floating[Any]], *, name: str) -> NDArray[np.float64]:
-    matrix = np.asarray(values, dtype=np.float64)
-    if matrix.ndim != 2 or not np.isfinite(matrix).all():
-        detail = f"{name} rows must be a 2-D array of finite numbers, got shape {matrix.shape}"
-        raise Fair4FreeError(ErrorCode.TENSOR_INVALID, detail)
-    return matrix
 
 
 def _check_same_columns(synthetic: pd.DataFrame, real: pd.DataFrame) -> None:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fair4free.common.cli_support import configure_logging, run_cli
+from fair4free.common.cli_support import run_parsed
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.table_io import write_table
 from fair4free.common.tls import TlsFiles
@@ -124,9 +124,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fair4free-consumer``."""
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
-    return run_cli(lambda: int(args.handler(args)))
+    return run_parsed(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -71,9 +71,14 @@ def format_report_table(reports: Mapping[str, EvaluationReport]) -> str:
         values = report.to_dict()
         lines.append(
             f"{name:<{name_width}}"
-            + "".join(f"  {values[field]:>{value_width}.3f}" for _, field in _TABLE_COLUMNS)
+            + "".join(f"  {_cell(values[field]):>{value_width}}" for _, field in _TABLE_COLUMNS)
         )
     return "\n".join(lines)
+
+
+def _cell(value: float | int | None) -> str:
+    """Three decimals; an undefined score (a 0/0 ratio) shows as n/a rather than a number."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _read_table(path: Path) -> pd.DataFrame:

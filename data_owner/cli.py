@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fair4free.common.cli_support import configure_logging, run_cli
+from fair4free.common.cli_support import run_parsed
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.schema import infer_schema
 from fair4free.data_owner import datasets, pki
@@ -195,9 +195,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fair4free-owner``."""
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
-    return run_cli(lambda: int(args.handler(args)))
+    return run_parsed(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -48,13 +48,12 @@ def wrap_handler(handler: Handler, guard: Guard, stream_guard: Guard) -> Handler
     raise TypeError("client-streaming methods need their own wrapping")
 
 
-class ErrorMappingInterceptor(ServerInterceptor):
-    """Turns domain errors into their catalogued status and hides everything else.
+class _WrappingInterceptor(ServerInterceptor):
+    """An interceptor that wraps each method's behaviour with the guards it names."""
 
-    A ``Fair4FreeError`` becomes its catalog status with the public one-line message. Any other
-    exception is logged here with a reference id and reaches the caller only as INTERNAL plus that
-    id: never a traceback over the wire, never a dead daemon. Must be the outermost interceptor.
-    """
+    def guards(self, method: str) -> tuple[Guard, Guard]:
+        """The (unary-response, streaming-response) wrappers for ``method``."""
+        raise NotImplementedError
 
     def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -63,10 +62,20 @@ class ErrorMappingInterceptor(ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        return wrap_handler(
-            handler, lambda b: _mapped_unary(b, method), lambda b: _mapped_stream(b, method)
-        )
+        return wrap_handler(handler, *self.guards(handler_call_details.method))
+
+
+class ErrorMappingInterceptor(_WrappingInterceptor):
+    """Turns domain errors into their catalogued status and hides everything else.
+
+    A ``Fair4FreeError`` becomes its catalog status with the public one-line message. Any other
+    exception is logged here with a reference id and reaches the caller only as INTERNAL plus that
+    id: never a traceback over the wire, never a dead daemon. Must be the outermost interceptor.
+    """
+
+    def guards(self, method: str) -> tuple[Guard, Guard]:
+        """Map errors of unary and of streamed answers alike."""
+        return (lambda b: _mapped_unary(b, method)), (lambda b: _mapped_stream(b, method))
 
 
 def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
@@ -97,21 +106,16 @@ def _mapped_stream(behaviour: Behaviour, method: str) -> Behaviour:
     return run
 
 
-class IdentityInterceptor(ServerInterceptor):
+class IdentityInterceptor(_WrappingInterceptor):
     """Admits only callers whose verified client certificate carries a consumer SAN URI.
 
     The transport already refuses peers without a certificate from our CA; this refuses valid
     certificates that name no consumer identity. Identity never comes from metadata.
     """
 
-    def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        """Wrap the method's handler so each call checks the peer before it runs."""
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return wrap_handler(handler, _identified, _identified)
+    def guards(self, method: str) -> tuple[Guard, Guard]:
+        """The check runs before the behaviour, so it covers streamed answers unchanged."""
+        return _identified, _identified
 
 
 def _identified(behaviour: Behaviour) -> Behaviour:

@@ -177,6 +177,11 @@ def report(**values: float) -> EvaluationReport:
     return EvaluationReport(**fields)
 
 
+def test_undefined_scores_are_null_in_json() -> None:
+    assert report(dpr=math.nan).to_dict()["dpr"] is None
+    assert report(dpr=0.5).to_dict()["dpr"] == 0.5
+
+
 def test_the_report_table_shows_each_name_and_its_numbers() -> None:
     reports = {
         "real train": report(dpr=0.81234, eor=0.4, accuracy=0.85, f1=0.6667, recall=0.0714),
@@ -208,7 +213,7 @@ def test_the_report_table_shows_each_name_and_its_numbers() -> None:
     ]
     assert lines[2].startswith("synthetic ")
     assert lines[2].split()[1:] == [
-        "nan",
+        "n/a",
         "0.500",
         "0.500",
         "0.500",

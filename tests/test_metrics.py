@@ -15,9 +15,9 @@ from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.fidelity import density_coverage
 from fair4free.common.metrics import (
     EvaluationReport,
-    density_coverage,
     evaluate_synthetic,
     fairness_scores,
     feature_space,
