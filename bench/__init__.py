@@ -1,0 +1,1 @@
+"""Benchmarks of speed and quality; run ``python -m bench.<name>`` from the repository root."""
