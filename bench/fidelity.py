@@ -63,7 +63,7 @@ class BenchSettings:
     weights: tuple[float, ...] = DEFAULT_WEIGHTS
     default_weight: float = TrainingConfig.fairness_weight
     epochs: int = TrainingConfig.epochs
-    latent_dim: int = 8
+    latent_dim: int = 16
     hidden: int = 128
     distill: DistillConfig = DistillConfig()
     max_quality_rows: int = 5000

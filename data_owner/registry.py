@@ -55,6 +55,7 @@ def save_teacher(
     training_config: TrainingConfig,
     summary: TrainingSummary,
     dataset_name: str,
+    extra: dict[str, Any] | None = None,
 ) -> str:
     """Write a teacher directory; returns its content hash. Refuses to overwrite."""
     mu, logvar = posterior_bank(model, x_train)
@@ -65,6 +66,7 @@ def save_teacher(
         "training_config": dataclasses.asdict(training_config),
         "training_summary": dataclasses.asdict(summary),
         "encoding": encoder.to_dict(),
+        **(extra or {}),
     }
     weights = {"model": model.state_dict(), "posterior": {"mu": mu, "logvar": logvar}}
     return write_artifact(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pandas as pd
 
 from fair4free.common.encoding import TableEncoder
 from fair4free.common.schema import TableSchema
+from fair4free.data_owner.fair_labels import FairLabels, MassagingReport, massage_labels
 from fair4free.data_owner.registry import save_teacher
 from fair4free.data_owner.teacher import TeacherConfig
 from fair4free.data_owner.training import TrainingConfig, train_teacher
@@ -25,8 +27,19 @@ def train_to_directory(
     latent_dim: int,
     hidden: int,
     training: TrainingConfig,
+    fair_labels: FairLabels = "massage",
 ) -> str:
     """Train a teacher on ``frame`` and save it to ``out``; returns the content hash."""
+    massaging: MassagingReport | None = None
+    if fair_labels == "massage":
+        frame, massaging = massage_labels(frame, schema, seed=training.seed)
+        logger.info(
+            "massaged %d of %d labels: positive rates %s -> %s",
+            massaging.relabelled,
+            massaging.rows,
+            massaging.rates_before,
+            massaging.rates_after,
+        )
     encoder = TableEncoder.fit(frame, schema)
     x, s = encoder.encode(frame)
     teacher_config = TeacherConfig(
@@ -60,4 +73,8 @@ def train_to_directory(
         training_config=training,
         summary=summary,
         dataset_name=dataset_name,
+        extra={
+            "fair_labels": fair_labels,
+            "massaging": None if massaging is None else dataclasses.asdict(massaging),
+        },
     )

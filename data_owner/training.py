@@ -28,11 +28,11 @@ logger = logging.getLogger(__name__)
 class TrainingConfig:
     """How the teacher is optimised; saved with the model for reproducibility."""
 
-    epochs: int = 40
+    epochs: int = 20
     batch_size: int = 256
     learning_rate: float = 1e-3
     fairness_weight: float = 10.0
-    kl_weight: float = 1.0
+    kl_weight: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
