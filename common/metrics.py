@@ -3,8 +3,9 @@
 The consumer only ever holds synthetic rows, so the question it must answer is whether a model
 trained on them behaves well in the real world: train on synthetic, test on real (utility), group
 the real rows by their real sensitive value (fairness), and check that the synthetic rows sit where
-the real ones do and cover all of them (density and coverage). The plain functions follow the
-style of fairlearn's metric functions; ``evaluate_synthetic`` combines them on two tables.
+the real ones do and cover all of them (``fidelity``). Fairness through unawareness asks whether
+that classifier's predictions move when only a row's sensitive value does. The plain functions
+follow the style of fairlearn's metric functions; ``evaluate_synthetic`` combines them.
 """
 
 from __future__ import annotations
@@ -27,15 +28,17 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
-from fair4free.common.fidelity import DEFAULT_K, density_coverage
+from fair4free.common.fidelity import (
+    DEFAULT_K,
+    alpha_precision_beta_recall_authenticity,
+    density_coverage,
+)
 
 ClassLabel: TypeAlias = str | int | float | bool
 """A value of the target column; compared by its text, so ``1``, ``1.0`` and ``"1"`` agree."""
 
 FairnessMethod: TypeAlias = Literal["between_groups", "to_overall"]
 """How fairlearn forms its ratios: smallest over largest group, or each group against all rows."""
-
-"""The neighbourhood size Naeem et al. recommend for density and coverage."""
 
 # Histogram gradient boosting bins each categorical feature into at most 255 codes.
 _MAX_NATIVE_CATEGORIES = 255
@@ -68,6 +71,8 @@ class UtilityScores:
     f1: float
     recall: float
     auroc: float
+    ftu: float
+    """Share of rows whose prediction moves with their sensitive value alone; NaN if none named."""
     y_true: NDArray[np.int64] = field(repr=False, compare=False)
     y_pred: NDArray[np.int64] = field(repr=False, compare=False)
 
@@ -78,12 +83,16 @@ class EvaluationReport:
 
     dpr: float
     eor: float
+    ftu: float
     accuracy: float
     f1: float
     recall: float
     auroc: float
     density: float
     coverage: float
+    alpha_precision: float
+    beta_recall: float
+    authenticity: float
     n_synthetic: int
     n_real: int
 
@@ -176,17 +185,28 @@ def utility_scores(
     target: str,
     positive_class: ClassLabel,
     seed: int,
+    sensitive: str | None = None,
 ) -> UtilityScores:
     """Train on ``train`` (synthetic) and score on ``test`` (real): the usefulness of the rows.
 
     Every other column is a feature, the sensitive one included, because a consumer's model would
     see it too. Column kinds follow ``test``, the real table. The trees split natively on
-    categories; labels the training rows never had count as missing.
+    categories; labels the training rows never had count as missing. Naming the ``sensitive``
+    column adds fairness through unawareness (``ftu``) of the same fitted classifier: the share
+    of test rows whose predicted class changes when only their sensitive value is replaced, by
+    each other value the test rows hold (a flip, for two values). 0 means the predictions ignore
+    it; lower is fairer.
     """
     for name, frame in (("train", train), ("test", test)):
         if target not in frame.columns:
             detail = f"the {name} table has no target column {target!r}"
             raise Fair4FreeError(ErrorCode.COLUMN_UNKNOWN, detail)
+    if sensitive is not None and sensitive not in test.columns:
+        detail = f"the test table has no sensitive column {sensitive!r}"
+        raise Fair4FreeError(ErrorCode.COLUMN_UNKNOWN, detail)
+    if sensitive == target:
+        detail = f"the target and the sensitive column must differ, both are {target!r}"
+        raise Fair4FreeError(ErrorCode.CONFIG_INVALID, detail)
     features = [column for column in test.columns if column != target]
     missing = [column for column in features if column not in train.columns]
     if missing:
@@ -206,18 +226,26 @@ def utility_scores(
         sparse_threshold=0.0,
     )
     x_train = encoder.fit_transform(_conform_frame(train, kinds, table="the train table"))
-    x_test = encoder.transform(_conform_frame(test, kinds, table="the test table"))
+    test_rows = _conform_frame(test, kinds, table="the test table")
+    x_test = encoder.transform(test_rows)
     is_categorical = np.array([True] * len(categorical) + [False] * len(numeric))
     model = HistGradientBoostingClassifier(categorical_features=is_categorical, random_state=seed)
     classifier = model.fit(x_train, y_train)
     positive_column = list(classifier.classes_).index(1)
     scores = np.asarray(classifier.predict_proba(x_test), dtype=np.float64)[:, positive_column]
     y_pred = np.asarray(classifier.predict(x_test), dtype=np.int64)
+    changed = np.zeros(len(test_rows), dtype=bool)
+    values = [] if sensitive is None else test_rows[sensitive].dropna().unique()
+    for value in values:  # a row given its own value is unchanged, so try every value on all
+        counterfactual = test_rows.copy()
+        counterfactual[sensitive] = pd.Series(value, test_rows.index, test_rows[sensitive].dtype)
+        changed |= classifier.predict(encoder.transform(counterfactual)) != y_pred
     return UtilityScores(
         accuracy=float(accuracy_score(y_test, y_pred)),
         f1=float(f1_score(y_test, y_pred, zero_division=0.0)),
         recall=float(recall_score(y_test, y_pred, zero_division=0.0)),
         auroc=float(roc_auc_score(y_test, scores)),
+        ftu=math.nan if sensitive is None else float(np.mean(changed)),
         y_true=y_test,
         y_pred=y_pred,
     )
@@ -237,8 +265,9 @@ def evaluate_synthetic(
 
     Fairness is that of the classifier trained on the synthetic rows, measured on the real rows
     grouped by their real sensitive value: what a consumer would ship, judged on the people it
-    would affect. Density and coverage use at most ``max_quality_rows`` rows drawn (seeded) from
-    each side, since they cost time quadratic in the rows.
+    would affect; fairness through unawareness is that classifier's too. Density, coverage,
+    alpha-precision, beta-recall and authenticity use at most ``max_quality_rows`` rows drawn
+    (seeded) from each side, the same for all five, since they cost time quadratic in the rows.
     """
     k = DEFAULT_K
     if max_quality_rows < k + 1:
@@ -273,27 +302,36 @@ def evaluate_synthetic(
     real = _conform_frame(real, kinds, table="the real table")
     synthetic = _conform_frame(synthetic, kinds, table="the synthetic table")
     utility = utility_scores(
-        synthetic, real, target=target, positive_class=positive_class, seed=seed
+        synthetic,
+        real,
+        target=target,
+        positive_class=positive_class,
+        seed=seed,
+        sensitive=sensitive,
     )
     fairness = fairness_scores(
         utility.y_true, utility.y_pred, sensitive_features=groups.to_numpy(dtype=object)
     )
     space = feature_space(real, columns=list(real.columns))
     rng = np.random.default_rng(seed)
-    density, coverage = density_coverage(
-        space.transform(_sample(real, max_quality_rows, rng), table="the real table"),
-        space.transform(_sample(synthetic, max_quality_rows, rng), table="the synthetic table"),
-        k=k,
-    )
+    real_rows = space.transform(_sample(real, max_quality_rows, rng), table="the real table")
+    synthetic_sample = _sample(synthetic, max_quality_rows, rng)
+    synthetic_rows = space.transform(synthetic_sample, table="the synthetic table")
+    density, coverage = density_coverage(real_rows, synthetic_rows, k=k)
+    faithfulness = alpha_precision_beta_recall_authenticity(real_rows, synthetic_rows)
     return EvaluationReport(
         dpr=fairness.dpr,
         eor=fairness.eor,
+        ftu=utility.ftu,
         accuracy=utility.accuracy,
         f1=utility.f1,
         recall=utility.recall,
         auroc=utility.auroc,
         density=density,
         coverage=coverage,
+        alpha_precision=faithfulness.alpha_precision,
+        beta_recall=faithfulness.beta_recall,
+        authenticity=faithfulness.authenticity,
         n_synthetic=len(synthetic),
         n_real=len(real),
     )

@@ -22,12 +22,16 @@ _NA_VALUES = ("?",)
 _TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("DPR", "dpr"),
     ("EOR", "eor"),
+    ("FTU", "ftu"),
     ("Acc", "accuracy"),
     ("F1", "f1"),
     ("Recall", "recall"),
     ("AUROC", "auroc"),
     ("Density", "density"),
     ("Coverage", "coverage"),
+    ("a-Prec", "alpha_precision"),
+    ("b-Rec", "beta_recall"),
+    ("Auth", "authenticity"),
 )
 
 

@@ -164,12 +164,16 @@ def report(**values: float) -> EvaluationReport:
     fields: dict[str, Any] = {
         "dpr": 0.5,
         "eor": 0.5,
+        "ftu": 0.5,
         "accuracy": 0.5,
         "f1": 0.5,
         "recall": 0.5,
         "auroc": 0.5,
         "density": 0.5,
         "coverage": 0.5,
+        "alpha_precision": 0.5,
+        "beta_recall": 0.5,
+        "authenticity": 0.5,
         "n_synthetic": 10,
         "n_real": 10,
     }
@@ -180,12 +184,26 @@ def report(**values: float) -> EvaluationReport:
 def test_undefined_scores_are_null_in_json() -> None:
     assert report(dpr=math.nan).to_dict()["dpr"] is None
     assert report(dpr=0.5).to_dict()["dpr"] == 0.5
+    assert report(ftu=math.nan, beta_recall=math.nan).to_dict() == {
+        **report().to_dict(),
+        "ftu": None,
+        "beta_recall": None,
+    }
 
 
 def test_the_report_table_shows_each_name_and_its_numbers() -> None:
     reports = {
         "real train": report(dpr=0.81234, eor=0.4, accuracy=0.85, f1=0.6667, recall=0.0714),
-        "synthetic": report(auroc=0.91, density=1.23456, coverage=1.0, dpr=math.nan),
+        "synthetic": report(
+            auroc=0.91,
+            density=1.23456,
+            coverage=1.0,
+            dpr=math.nan,
+            ftu=0.0625,
+            alpha_precision=0.98765,
+            beta_recall=0.4321,
+            authenticity=math.nan,
+        ),
     }
     table = format_report_table(reports)
     lines = table.splitlines()
@@ -193,20 +211,28 @@ def test_the_report_table_shows_each_name_and_its_numbers() -> None:
     assert lines[0].split() == [
         "DPR",
         "EOR",
+        "FTU",
         "Acc",
         "F1",
         "Recall",
         "AUROC",
         "Density",
         "Coverage",
+        "a-Prec",
+        "b-Rec",
+        "Auth",
     ]
     assert lines[1].startswith("real train")
     assert lines[1].split()[2:] == [
         "0.812",
         "0.400",
+        "0.500",
         "0.850",
         "0.667",
         "0.071",
+        "0.500",
+        "0.500",
+        "0.500",
         "0.500",
         "0.500",
         "0.500",
@@ -215,11 +241,15 @@ def test_the_report_table_shows_each_name_and_its_numbers() -> None:
     assert lines[2].split()[1:] == [
         "n/a",
         "0.500",
+        "0.062",
         "0.500",
         "0.500",
         "0.500",
         "0.910",
         "1.235",
         "1.000",
+        "0.988",
+        "0.432",
+        "n/a",
     ]
     assert len({len(line) for line in lines}) == 1  # fixed width: the columns line up

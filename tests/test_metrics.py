@@ -1,9 +1,9 @@
-"""Tests of the fairness, utility, density and coverage scores and of evaluate_synthetic."""
+"""Tests of the fairness, utility (with FTU), density and coverage scores and evaluate_synthetic."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
-from fair4free.common.fidelity import density_coverage
+from fair4free.common.fidelity import alpha_precision_beta_recall_authenticity, density_coverage
 from fair4free.common.metrics import (
     EvaluationReport,
     evaluate_synthetic,
@@ -242,6 +242,80 @@ def test_utility_accepts_text_classes_and_a_positive_class_of_another_type() -> 
     assert numeric.accuracy == scores.accuracy
 
 
+def sensitive_table(n: int, seed: int, *, rule: str, groups: Sequence[Any]) -> pd.DataFrame:
+    """Rows whose target follows ``rule``: the first group only, x only, or both at once."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=n)
+    s = rng.choice(np.array(groups), size=n)  # numbers stay a numeric column
+    first = s == groups[0]
+    target = {"s": first, "x": x > 0.5, "s and x": first & (x > 0.5)}[rule]
+    return pd.DataFrame(
+        {"x": x, "noise": rng.normal(size=n), "s": s, "label": target.astype(np.int64)}
+    )
+
+
+def ftu(rule: str, groups: Sequence[Any] = ("Female", "Male")) -> tuple[float, pd.DataFrame]:
+    train = sensitive_table(600, seed=0, rule=rule, groups=groups)
+    test = sensitive_table(400, seed=1, rule=rule, groups=groups)
+    scores = utility_scores(train, test, target="label", positive_class=1, seed=0, sensitive="s")
+    return scores.ftu, test
+
+
+@pytest.mark.parametrize(
+    "groups", [("Female", "Male"), (1, 0), ("a", "b", "c")], ids=["text", "0/1", "three"]
+)
+def test_a_target_that_is_the_sensitive_value_gives_ftu_one(groups: Sequence[Any]) -> None:
+    # The label says only whether s is the first group, so the classifier predicts from s alone:
+    # changing s to another value changes every row's prediction, for three groups too (a row of
+    # the second group changes when given the first group's value, though not the third's).
+    share, _ = ftu("s", groups)
+    assert share == 1.0
+
+
+@pytest.mark.parametrize("groups", [("Female", "Male"), ("a", "b", "c")], ids=["two", "three"])
+def test_a_target_that_ignores_the_sensitive_value_gives_ftu_near_zero(
+    groups: Sequence[Any],
+) -> None:
+    share, _ = ftu("x", groups)
+    assert share <= 0.02
+
+
+def test_ftu_counts_the_rows_whose_prediction_depends_on_the_sensitive_value() -> None:
+    # Positive exactly for the first group above x = 0.5: changing s moves the rows above 0.5 and
+    # no others (up to the few near the threshold the trees place slightly off).
+    share, test = ftu("s and x")
+    assert share == pytest.approx(float(np.mean(test["x"] > 0.5)), abs=0.03)
+
+
+def test_ftu_is_undefined_without_a_sensitive_column() -> None:
+    train, test = make_table(200, seed=0), make_table(200, seed=1)
+    scores = utility_scores(train, test, target="label", positive_class=1, seed=0)
+    assert math.isnan(scores.ftu)
+
+
+@pytest.mark.parametrize(
+    ("sensitive", "code", "match"),
+    [
+        ("race", ErrorCode.COLUMN_UNKNOWN, "the test table has no sensitive column 'race'"),
+        ("label", ErrorCode.CONFIG_INVALID, "must differ, both are 'label'"),
+    ],
+)
+def test_ftu_needs_a_sensitive_feature_column(sensitive: str, code: ErrorCode, match: str) -> None:
+    train, test = make_table(50, seed=0), make_table(50, seed=1)
+    with pytest.raises(Fair4FreeError, match=match) as caught:
+        utility_scores(train, test, target="label", positive_class=1, seed=0, sensitive=sensitive)
+    assert caught.value.code is code
+
+
+def test_evaluate_synthetic_reports_ftu_of_its_classifier() -> None:
+    groups = ("Female", "Male")
+    real = sensitive_table(300, seed=1, rule="s", groups=groups)
+    report = _evaluate(sensitive_table(300, seed=0, rule="s", groups=groups), real, sensitive="s")
+    assert report.ftu == 1.0
+    report = _evaluate(sensitive_table(300, seed=0, rule="x", groups=groups), real, sensitive="s")
+    assert report.ftu <= 0.02
+
+
 def test_utility_needs_the_target_in_both_tables() -> None:
     train = make_table(50, seed=0).drop(columns="label")
     with pytest.raises(Fair4FreeError, match="the train table has no target column 'label'") as e:
@@ -289,18 +363,51 @@ def test_evaluate_synthetic_scores_a_faithful_copy_well() -> None:
     assert 0.7 < report.density < 1.5
     assert report.coverage > 0.8
     assert (report.n_synthetic, report.n_real) == (600, 400)
+    assert 0.0 <= report.ftu <= 0.1  # the target ignores the sensitive column
+    assert report.alpha_precision > 0.8
+    assert 0.0 < report.beta_recall <= 1.0
+    assert 0.0 < report.authenticity <= 1.0
     assert set(report.to_dict()) == {
         "dpr",
         "eor",
+        "ftu",
         "accuracy",
         "f1",
         "recall",
         "auroc",
         "density",
         "coverage",
+        "alpha_precision",
+        "beta_recall",
+        "authenticity",
         "n_synthetic",
         "n_real",
     }
+
+
+def test_evaluate_synthetic_scores_fidelity_in_the_real_feature_space() -> None:
+    real = make_table(200, seed=1)
+    synthetic = make_table(150, seed=0)
+    # Both tables fit within max_quality_rows, so no row is sampled away: the scores are those of
+    # the whole tables in the space fitted on the real rows.
+    report = _evaluate(synthetic, real, max_quality_rows=500)
+    space = feature_space(real, columns=list(real.columns))
+    real_rows, synthetic_rows = space.transform(real), space.transform(synthetic)
+    assert (report.density, report.coverage) == density_coverage(real_rows, synthetic_rows)
+    expected = alpha_precision_beta_recall_authenticity(real_rows, synthetic_rows)
+    assert report.alpha_precision == expected.alpha_precision
+    assert report.beta_recall == expected.beta_recall
+    assert report.authenticity == expected.authenticity
+
+
+def test_evaluate_synthetic_finds_a_copy_faithful_and_inauthentic() -> None:
+    real = make_table(200, seed=1)
+    report = _evaluate(real.copy(), real, max_quality_rows=500)
+    # Every synthetic row is a real row: none is authentic, and both curves follow the diagonal
+    # up to one row in 200 at each level.
+    assert report.authenticity == 0.0
+    assert report.alpha_precision == pytest.approx(1.0, abs=2 / 200)
+    assert report.beta_recall == pytest.approx(1.0, abs=2 / 200)
 
 
 def test_evaluate_synthetic_survives_a_csv_round_trip(tmp_path: Any) -> None:
