@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PrivateKeyTypes,
     PublicKeyTypes,
 )
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 
@@ -297,3 +297,60 @@ def peer_identity(auth_context: AuthContext) -> str | None:
     if not CLIENT_NAME_PATTERN.fullmatch(uri[len(CLIENT_URI_PREFIX) :]):
         return None
     return uri
+
+
+def public_key_fingerprint(key: CertificatePublicKeyTypes) -> str:
+    """Return the SHA-256 of a public key's SubjectPublicKeyInfo DER as lower-case hex.
+
+    The consumer's ``pki request`` and the owner's ``pki sign`` both print it, so the two
+    organisations can compare it over a second channel before an identity is granted.
+    """
+    return hashlib.sha256(_public_der(key)).hexdigest()
+
+
+def csr_client_name(csr: x509.CertificateSigningRequest, source: str) -> str:
+    """Return the consumer name a certificate signing request asks for, or refuse the request.
+
+    One rule for both sides: the consumer checks its request with it before sending it, the owner
+    before signing. The signature must verify (the requester holds the key); the request must ask
+    for exactly one SAN URI, ``fair4free://consumer/<name>`` with a valid name; and its subject
+    must hold exactly one common name, that name. Whatever else it asks for is the CA's to decide.
+
+    :param source: where the request came from (its file), named in every message.
+    :raises Fair4FreeError: TLS_MATERIAL saying what the request gets wrong.
+    """
+
+    def refused(problem: str) -> Fair4FreeError:
+        return Fair4FreeError(ErrorCode.TLS_MATERIAL, f"certificate request {source} {problem}")
+
+    try:
+        signature_valid = csr.is_signature_valid
+        extensions = csr.extensions
+    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension):
+        raise refused("has a malformed signature or extensions") from None
+    if not signature_valid:
+        raise refused("has an invalid signature, so it does not prove possession of its key")
+    try:
+        san = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    wanted = f"it must ask for exactly one, {CLIENT_URI_PREFIX}<name>"
+    if not uris:
+        raise refused(f"asks for no SAN URI; {wanted}")
+    if len(uris) > 1:
+        raise refused(f"asks for {len(uris)} SAN URIs ({', '.join(map(repr, uris))}); {wanted}")
+    (uri,) = uris
+    if not uri.startswith(CLIENT_URI_PREFIX):
+        raise refused(f"asks for SAN URI {uri!r}, which names no consumer; {wanted}")
+    try:
+        name = check_client_name(uri[len(CLIENT_URI_PREFIX) :])
+    except Fair4FreeError as exc:
+        raise refused(f"asks for an invalid name: {exc.detail}") from None
+    common_names = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if common_names != [name]:
+        shown = " and ".join(map(repr, common_names)) or "none"
+        raise refused(
+            f"has subject common name {shown} but asks for consumer {name!r}; they must be equal"
+        )
+    return name

@@ -1,4 +1,4 @@
-"""``fair4free-consumer``: the consumer's commands (distill, generate, evaluate)."""
+"""``fair4free-consumer``: the consumer's commands (distill, generate, evaluate, pki)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from fair4free.common.tls import TlsFiles
 from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.consumer.distillation import DistillConfig, distill
 from fair4free.consumer.evaluation import evaluate_files, format_report_table
+from fair4free.consumer.pki_request import request_certificate
 from fair4free.consumer.student import Student
 
 logger = logging.getLogger("fair4free.consumer")
@@ -62,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", type=Path, help="also write the scores as JSON here")
     ev.set_defaults(handler=_evaluate)
+
+    pki_parser = commands.add_parser("pki", help="your key and a request for the owner to sign")
+    pki_commands = pki_parser.add_subparsers(dest="pki_command", required=True)
+    request = pki_commands.add_parser(
+        "request", help="make a private key and a certificate signing request for the owner"
+    )
+    request.add_argument("--dir", type=Path, required=True, help="folder for NAME.key, NAME.csr")
+    request.add_argument("--name", required=True, help="client identity, e.g. acme-research")
+    request.set_defaults(handler=_pki_request)
     return parser
 
 
@@ -119,6 +129,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_report_table({args.synthetic.name: report}))
     if args.json is not None:
         args.json.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
+def _pki_request(args: argparse.Namespace) -> int:
+    print(request_certificate(args.dir, args.name).instructions())
     return 0
 
 

@@ -1,53 +1,87 @@
-"""A small development PKI: one CA, the daemon's server certificate, one certificate per consumer.
+"""The owner's PKI: one CA, the daemon's server certificate, one certificate per consumer.
 
 The daemon identifies a consumer only by the ``fair4free://consumer/<name>`` SAN URI in the client
 certificate this CA issued, so issuing a certificate *is* granting an identity. Hence the care
 below: keys are created owner-only and never overwritten, an existing CA is never replaced (that
 would orphan every certificate issued under it), and no certificate outlives its CA.
+
+Two organisations: a consumer makes its own key and sends a certificate signing request
+(``fair4free-consumer pki request``); :func:`sign_csr` certifies it without the key ever leaving
+the consumer. :func:`issue_client` makes the key here instead, for one-organisation setups. Both
+grant through one path that records the certificate in the CA index (:mod:`.ca_index`) before it
+is handed out; :func:`revoke_client` marks it revoked there and :func:`publish_crl` publishes the
+signed revocation list the daemon checks on every call (``fair4free.common.revocation``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
-import os
 import re
 import secrets
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.revocation import CRL_FILE
+from fair4free.common.secure_files import (
+    PRIVATE_MODE,
+    PUBLIC_MODE,
+    make_private_dir,
+    refuse_existing,
+    replace_file,
+    write_new_files,
+)
 from fair4free.common.tls import (
     CA_CERT_FILE,
     CLIENTS_DIR,
     TlsFiles,
+    certificate_fingerprint,
     check_client_name,
     client_identity_uri,
-    key_matches,
-    load_certificates,
-    load_private_key,
+    csr_client_name,
+    public_key_fingerprint,
+    read_pem,
+)
+from fair4free.data_owner.ca_index import INDEX_FILE, CaIndex, IssuedCertificate, Origin
+from fair4free.data_owner.ca_signing import (
+    Signer,
+    acceptable_public_key,
+    ca_extensions,
+    cert_pem,
+    issue,
+    key_pem,
+    leaf_extensions,
+    load_signer,
+    new_key,
+    self_signer,
+    sign_crl,
+    signer_for,
+    subject_name,
 )
 
 __all__ = [
+    "IssuedCertificate",
     "PkiLayout",
+    "PublishedCrl",
     "client_identity_uri",
     "init_pki",
     "issue_client",
+    "publish_crl",
+    "revoke_client",
+    "sign_csr",
 ]
 
-_KEY_MODE = 0o600
-_CERT_MODE = 0o644
-_DIR_MODE = 0o700
 _MAX_DAYS = 3650
-# Certificates start a few minutes in the past so a peer whose clock lags slightly accepts them.
-_CLOCK_SKEW = datetime.timedelta(minutes=5)
-_ORGANIZATION = "fair4free"
+_CRL_DAYS = 7
+_MAX_CRL_DAYS = 366
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
@@ -87,8 +121,13 @@ class PkiLayout:
 
     @property
     def crl(self) -> Path:
-        """Where a certificate revocation list goes once revocation exists; optional."""
-        return self.root / "crl.pem"
+        """The revocation list the CA publishes and the daemon checks on every call."""
+        return self.root / CRL_FILE
+
+    @property
+    def index(self) -> Path:
+        """The CA's JSON record of issued and revoked client certificates."""
+        return self.root / INDEX_FILE
 
     def client_cert(self, name: str) -> Path:
         """Name consumer ``name``'s certificate; CONFIG_INVALID for a name that could escape."""
@@ -107,14 +146,14 @@ class PkiLayout:
         return TlsFiles.from_pki_dir(self.root, name)
 
 
-@dataclass(frozen=True)
-class _Signer:
-    """What issuing under a CA needs: its name, its key, its key identifier and its end of life."""
+@dataclass(frozen=True, kw_only=True)
+class PublishedCrl:
+    """A revocation list just published: where, its number, when it must be replaced, its size."""
 
-    name: x509.Name
-    key: ec.EllipticCurvePrivateKey
-    key_identifier: x509.SubjectKeyIdentifier
-    not_after: datetime.datetime
+    path: Path
+    number: int
+    next_update: datetime.datetime
+    revoked: int
 
 
 def init_pki(
@@ -124,10 +163,11 @@ def init_pki(
     ip_addresses: Sequence[str] = ("127.0.0.1",),
     days: int = 365,
 ) -> PkiLayout:
-    """Create a CA and the daemon's certificate for ``hostnames`` and ``ip_addresses`` in ``root``.
+    """Create a CA, the daemon's certificate and a first, empty revocation list in ``root``.
 
-    The server certificate names every address consumers will dial, since gRPC checks the target
-    against its SAN. Nothing is overwritten: an existing CA is refused outright.
+    The server certificate names every address consumers will dial (``hostnames`` and
+    ``ip_addresses``), since gRPC checks the target against its SAN. Nothing is overwritten: an
+    existing CA is refused outright.
 
     :raises Fair4FreeError: OUTPUT_UNWRITABLE if a PKI already exists or ``root`` is not writable;
         CONFIG_INVALID for a bad host name, IP address or lifetime.
@@ -141,77 +181,275 @@ def init_pki(
             f"a PKI already exists in {root} ({layout.ca_cert.name}/{layout.ca_key.name}); "
             "refusing to replace its CA, which would invalidate every certificate it issued",
         )
-    ca_key = _new_key()
-    ca_name = _name(f"fair4free development CA {secrets.token_hex(4)}")
-    ca_cert = _issue(
+    ca_key = new_key()
+    ca_name = subject_name(f"fair4free development CA {secrets.token_hex(4)}")
+    ca_cert = issue(
         subject=ca_name,
-        key=ca_key,
-        signer=None,
+        public_key=ca_key.public_key(),
+        signer=self_signer(ca_name, ca_key),
         days=days,
-        extensions=_ca_extensions(),
+        extensions=ca_extensions(),
     )
-    server_key = _new_key()
-    server_cert = _issue(
-        subject=_name("fair4free data owner"),
-        key=server_key,
-        signer=_signer(ca_cert, ca_key),
+    signer = signer_for(ca_cert, ca_key)
+    server_key = new_key()
+    server_cert = issue(
+        subject=subject_name("fair4free data owner"),
+        public_key=server_key.public_key(),
+        signer=signer,
         days=days,
-        extensions=_leaf_extensions(ExtendedKeyUsageOID.SERVER_AUTH, alt_names),
+        extensions=leaf_extensions(ExtendedKeyUsageOID.SERVER_AUTH, alt_names),
     )
-    _make_dir(root)
-    _write_new_files(
+    refuse_existing([layout.index, layout.crl], "a file of the PKI already exists")
+    make_private_dir(root)
+    write_new_files(
         [
-            (layout.ca_key, _key_pem(ca_key), _KEY_MODE),
-            (layout.ca_cert, _cert_pem(ca_cert), _CERT_MODE),
-            (layout.server_key, _key_pem(server_key), _KEY_MODE),
-            (layout.server_cert, _cert_pem(server_cert), _CERT_MODE),
+            (layout.ca_key, key_pem(ca_key), PRIVATE_MODE),
+            (layout.ca_cert, cert_pem(ca_cert), PUBLIC_MODE),
+            (layout.server_key, key_pem(server_key), PRIVATE_MODE),
+            (layout.server_cert, cert_pem(server_cert), PUBLIC_MODE),
         ]
     )
+    _publish(layout, signer, CaIndex.load(layout.index), _CRL_DAYS)
     return layout
 
 
 def issue_client(root: Path, name: str, *, days: int = 90) -> tuple[Path, Path]:
-    """Issue consumer ``name`` a client certificate; return its (certificate, key) paths.
+    """Make consumer ``name`` a key and a client certificate here; return their paths.
 
-    The certificate carries the one SAN URI the daemon reads the identity from. Its lifetime ends
-    no later than the CA's. An existing consumer of that name is never replaced, so an identity
-    cannot silently change hands.
+    For one-organisation setups and tests: the key is made on the owner's machine. Across
+    organisations use :func:`sign_csr`, so the consumer's key never leaves it. An existing consumer
+    of that name is never replaced, so an identity cannot silently change hands.
 
-    :raises Fair4FreeError: CONFIG_INVALID for a bad name or lifetime; TLS_MATERIAL if the CA is
-        missing or unusable; OUTPUT_UNWRITABLE if the consumer exists or files cannot be written.
+    :raises Fair4FreeError: CONFIG_INVALID for a bad name or lifetime; TLS_MATERIAL if the CA or its
+        index is missing or unusable; OUTPUT_UNWRITABLE if the consumer exists or files cannot be
+        written.
     """
-    uri = client_identity_uri(name)
+    check_client_name(name)
     _check_days(days)
     layout = PkiLayout(root)
     cert_path, key_path = layout.client_cert(name), layout.client_key(name)
-    _refuse_existing([cert_path, key_path], f"client {name!r} already exists")
-    signer = _load_signer(layout)
-    client_key = _new_key()
-    client_cert = _issue(
-        subject=_name(name),
-        key=client_key,
-        signer=signer,
+    refuse_existing([cert_path, key_path], f"client {name!r} already exists")
+    client_key = new_key()
+    _grant(
+        layout,
+        name,
+        client_key.public_key(),
         days=days,
-        extensions=_leaf_extensions(
-            ExtendedKeyUsageOID.CLIENT_AUTH, [x509.UniformResourceIdentifier(uri)]
-        ),
-    )
-    _make_dir(layout.clients_dir)
-    _write_new_files(
-        [
-            (key_path, _key_pem(client_key), _KEY_MODE),
-            (cert_path, _cert_pem(client_cert), _CERT_MODE),
-        ]
+        origin=Origin.OWNER_KEY,
+        key_pem=key_pem(client_key),
     )
     return cert_path, key_path
 
 
-def _check_days(days: int) -> None:
-    """Reject lifetimes that are empty or so long that a leaked key stays useful for decades."""
-    if not 1 <= days <= _MAX_DAYS:
+def sign_csr(root: Path, csr_path: Path, *, days: int = 90) -> IssuedCertificate:
+    """Certify the key in a consumer's signing request; write ``clients/<name>.crt``.
+
+    The name comes from the request's one ``fair4free://consumer/<name>`` SAN URI (see
+    :func:`~fair4free.common.tls.csr_client_name`); everything else in the certificate is the CA's
+    choice, whatever the request asks for: subject, client-authentication use only, no CA rights,
+    a lifetime of ``days`` that ends no later than the CA's. A name whose certificate is still
+    valid is refused until it is revoked (or has expired).
+
+    :raises Fair4FreeError: CONFIG_INVALID for a bad lifetime; TLS_MATERIAL for an unusable request
+        (unreadable, forged, asking for no, several or a malformed identity, a weak key) or CA;
+        OUTPUT_UNWRITABLE if the name is taken or files cannot be written.
+    """
+    _check_days(days)
+    csr = _load_csr(csr_path)
+    name = csr_client_name(csr, str(csr_path))
+    public_key = acceptable_public_key(csr, csr_path)
+    return _grant(PkiLayout(root), name, public_key, days=days, origin=Origin.CONSUMER_CSR)
+
+
+def revoke_client(
+    root: Path, name: str, *, crl_days: int = _CRL_DAYS
+) -> tuple[IssuedCertificate, PublishedCrl]:
+    """Revoke consumer ``name``'s current certificate, then publish a new revocation list.
+
+    :raises Fair4FreeError: CONFIG_INVALID for a bad name or list lifetime, or a name with no
+        certificate to revoke; TLS_MATERIAL if the CA or its index is unusable; OUTPUT_UNWRITABLE
+        if the index or list cannot be written.
+    """
+    check_client_name(name)
+    _check_days(crl_days, what="revocation list validity", most=_MAX_CRL_DAYS)
+    layout = PkiLayout(root)
+    signer = load_signer(layout.ca_cert, layout.ca_key)
+    index = CaIndex.load(layout.index)
+    current = index.current(name)
+    if current is None:
         raise Fair4FreeError(
             ErrorCode.CONFIG_INVALID,
-            f"certificate lifetime of {days} days is invalid: use 1 to {_MAX_DAYS} days",
+            f"client {name!r} has no certificate on record in {layout.index}; nothing to revoke",
+        )
+    if current.revoked_at is not None:
+        raise Fair4FreeError(
+            ErrorCode.CONFIG_INVALID,
+            f"client {name!r}: certificate serial {current.serial_hex} was already revoked on "
+            f"{current.revoked_at:%Y-%m-%d %H:%M} UTC",
+        )
+    now = datetime.datetime.now(datetime.UTC)
+    index = index.with_revoked(current.serial, now)
+    index.save()
+    return replace(current, revoked_at=now), _publish(layout, signer, index, crl_days)
+
+
+def publish_crl(root: Path, *, days: int = _CRL_DAYS) -> PublishedCrl:
+    """Sign and publish ``crl.pem`` listing every revoked certificate, valid for ``days``.
+
+    Run it again before the list's next update (a daily timer, say): the daemon refuses every call
+    once its list has expired, rather than trust a stale one.
+
+    :raises Fair4FreeError: CONFIG_INVALID for a bad lifetime; TLS_MATERIAL if the CA or its index
+        is unusable; OUTPUT_UNWRITABLE if the index or list cannot be written.
+    """
+    _check_days(days, what="revocation list validity", most=_MAX_CRL_DAYS)
+    layout = PkiLayout(root)
+    return _publish(
+        layout, load_signer(layout.ca_cert, layout.ca_key), CaIndex.load(layout.index), days
+    )
+
+
+def _grant(
+    layout: PkiLayout,
+    name: str,
+    public_key: CertificatePublicKeyTypes,
+    *,
+    days: int,
+    origin: Origin,
+    key_pem: bytes | None = None,
+) -> IssuedCertificate:
+    """The one path by which the CA grants a consumer identity: check, certify, record, hand out.
+
+    The record is saved before the certificate is written, so no certificate ever exists that the
+    index cannot revoke; if writing fails, the record is withdrawn again. With ``key_pem`` the key
+    is written beside the certificate (owner-made keys); otherwise only the certificate is, and it
+    may replace the file of the name's retired (revoked or expired) certificate, nothing else.
+    """
+    uri = client_identity_uri(name)
+    signer = load_signer(layout.ca_cert, layout.ca_key)
+    index = CaIndex.load(layout.index)
+    current = index.current(name)
+    now = datetime.datetime.now(datetime.UTC)
+    if current is not None and not current.retired(now):
+        raise Fair4FreeError(
+            ErrorCode.OUTPUT_UNWRITABLE,
+            f"client {name!r} already holds certificate serial {current.serial_hex}, valid until "
+            f"{current.not_after:%Y-%m-%d}; revoke it first with "
+            f"'fair4free-owner pki revoke --name {name}'",
+        )
+    if key_pem is None and layout.client_key(name).exists():
+        raise Fair4FreeError(
+            ErrorCode.OUTPUT_UNWRITABLE,
+            f"client {name!r} has a private key made by the owner, {layout.client_key(name)}; "
+            "remove it before certifying a key the consumer made, so no mismatched pair remains",
+        )
+    key_sha256 = public_key_fingerprint(public_key)
+    _refuse_reused_key(index, name, key_sha256)
+    cert_path = layout.client_cert(name)
+    if current is None or _fingerprint_or_none(cert_path) != current.sha256:
+        refuse_existing([cert_path], f"client {name!r} already exists")
+    cert = issue(
+        subject=subject_name(name),
+        public_key=public_key,
+        signer=signer,
+        days=days,
+        extensions=leaf_extensions(
+            ExtendedKeyUsageOID.CLIENT_AUTH, [x509.UniformResourceIdentifier(uri)]
+        ),
+    )
+    pem = cert_pem(cert)
+    record = IssuedCertificate(
+        serial=cert.serial_number,
+        name=name,
+        origin=origin,
+        issued_at=now,
+        not_after=cert.not_valid_after_utc,
+        sha256=certificate_fingerprint(pem),
+        key_sha256=key_sha256,
+    )
+    index.with_issued(record).save()
+    try:
+        make_private_dir(layout.clients_dir)
+        if key_pem is None:
+            replace_file(cert_path, pem, PUBLIC_MODE)
+        else:
+            write_new_files(
+                [
+                    (layout.client_key(name), key_pem, PRIVATE_MODE),
+                    (cert_path, pem, PUBLIC_MODE),
+                ]
+            )
+    except Fair4FreeError:
+        with contextlib.suppress(Fair4FreeError):
+            index.save()  # withdraw the record of a certificate nobody received
+        raise
+    return record
+
+
+def _refuse_reused_key(index: CaIndex, name: str, key_sha256: str) -> None:
+    """Certify a key for one identity only, and never again once a certificate for it is revoked.
+
+    Revocation may mean the key leaked. Renewing an expired certificate with the same key and name
+    is fine.
+    """
+    for earlier in index.certifying(key_sha256):
+        if earlier.revoked_at is not None:
+            problem = f"was in certificate serial {earlier.serial_hex}, revoked on "
+            problem += f"{earlier.revoked_at:%Y-%m-%d}; the consumer must make a new key"
+        elif earlier.name != name:
+            problem = f"is already certified for client {earlier.name!r} (serial "
+            problem += f"{earlier.serial_hex}); each consumer needs a key of its own"
+        else:
+            continue
+        raise Fair4FreeError(
+            ErrorCode.TLS_MATERIAL, f"the public key sha256:{key_sha256} {problem}"
+        )
+
+
+def _fingerprint_or_none(path: Path) -> str | None:
+    """Return the fingerprint of the certificate at ``path``, or None if there is none usable."""
+    try:
+        return certificate_fingerprint(path.read_bytes())
+    except (OSError, Fair4FreeError):
+        return None
+
+
+def _publish(layout: PkiLayout, signer: Signer, index: CaIndex, days: int) -> PublishedCrl:
+    """Sign a list of ``index``'s revoked certificates and replace ``crl.pem`` with it.
+
+    The list's number is saved before the list is written, so a number is never used twice even if
+    writing fails: numbers only ever increase.
+    """
+    index = index.with_next_crl_number()
+    index.save()
+    revoked = [(c.serial, c.revoked_at) for c in index.revoked() if c.revoked_at is not None]
+    crl = sign_crl(signer, revoked, number=index.crl_number, days=days)
+    replace_file(layout.crl, crl.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
+    return PublishedCrl(
+        path=layout.crl,
+        number=index.crl_number,
+        next_update=crl.next_update_utc or signer.not_after,
+        revoked=len(revoked),
+    )
+
+
+def _load_csr(path: Path) -> x509.CertificateSigningRequest:
+    """Read a PEM certificate signing request, naming the file if it is not one."""
+    data = read_pem(path, "certificate request")
+    try:
+        return x509.load_pem_x509_csr(data)
+    except ValueError:
+        raise Fair4FreeError(
+            ErrorCode.TLS_MATERIAL,
+            f"certificate request file {path} holds no valid PEM certificate signing request",
+        ) from None
+
+
+def _check_days(days: int, *, what: str = "certificate lifetime", most: int = _MAX_DAYS) -> None:
+    """Reject lifetimes that are empty or so long that a leaked key stays useful for decades."""
+    if not 1 <= days <= most:
+        raise Fair4FreeError(
+            ErrorCode.CONFIG_INVALID, f"{what} of {days} days is invalid: use 1 to {most} days"
         )
 
 
@@ -240,184 +478,3 @@ def _server_alt_names(
             "the server certificate needs at least one host name or IP address",
         )
     return names
-
-
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    """Generate a P-256 key: small, fast, and supported by every gRPC TLS stack."""
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _name(common_name: str) -> x509.Name:
-    """Build a subject or issuer name under the project's organization."""
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _ca_extensions() -> list[x509.ExtensionType]:
-    """Extensions of a CA that may sign leaves only, never another CA."""
-    return [
-        x509.BasicConstraints(ca=True, path_length=0),
-        _key_usage(key_cert_sign=True, crl_sign=True),
-    ]
-
-
-def _leaf_extensions(
-    purpose: x509.ObjectIdentifier, alt_names: Iterable[x509.GeneralName]
-) -> list[x509.ExtensionType]:
-    """Extensions of an end-entity certificate usable for one TLS role (``purpose``) only."""
-    return [
-        x509.BasicConstraints(ca=False, path_length=None),
-        _key_usage(digital_signature=True),
-        x509.ExtendedKeyUsage([purpose]),
-        x509.SubjectAlternativeName(list(alt_names)),
-    ]
-
-
-def _key_usage(
-    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
-) -> x509.KeyUsage:
-    """Build a KeyUsage with only the named bits set, the others spelled out once here."""
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=key_cert_sign,
-        crl_sign=crl_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-# Extensions a verifier must understand to use the certificate safely are marked critical.
-_CRITICAL = (x509.BasicConstraints, x509.KeyUsage)
-
-
-def _issue(
-    *,
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    signer: _Signer | None,
-    days: int,
-    extensions: Iterable[x509.ExtensionType],
-) -> x509.Certificate:
-    """Certify ``key`` as ``subject``; ``signer=None`` makes the certificate self-signed (a CA).
-
-    Every certificate gets a random serial and a subject key identifier; issued ones also get the
-    authority key identifier of their CA and end no later than it does.
-    """
-    now = datetime.datetime.now(datetime.UTC)
-    not_after = now + datetime.timedelta(days=days)
-    subject_key = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .public_key(subject_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
-    )
-    if signer is None:
-        signing_key = key
-        builder = builder.issuer_name(subject)
-    else:
-        signing_key = signer.key
-        not_after = min(not_after, signer.not_after)
-        builder = builder.issuer_name(signer.name).add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(signer.key_identifier),
-            critical=False,
-        )
-    for extension in extensions:
-        builder = builder.add_extension(extension, critical=isinstance(extension, _CRITICAL))
-    return builder.not_valid_after(not_after).sign(signing_key, hashes.SHA256())
-
-
-def _signer(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> _Signer:
-    """Describe a CA for issuing, taking its key identifier from its certificate."""
-    try:
-        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    return _Signer(
-        name=ca_cert.subject, key=ca_key, key_identifier=ski, not_after=ca_cert.not_valid_after_utc
-    )
-
-
-def _load_signer(layout: PkiLayout) -> _Signer:
-    """Load the CA from disk, checking it is one this module made and that it can still issue."""
-    ca_cert = load_certificates(layout.ca_cert, "CA certificate")[0]
-    ca_key = load_private_key(layout.ca_key, "CA private key")
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or not key_matches(ca_cert, ca_key):
-        raise Fair4FreeError(
-            ErrorCode.TLS_MATERIAL,
-            f"CA private key {layout.ca_key} does not belong to CA certificate {layout.ca_cert}",
-        )
-    if ca_cert.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
-        raise Fair4FreeError(
-            ErrorCode.TLS_MATERIAL,
-            f"CA certificate {layout.ca_cert} expired on {ca_cert.not_valid_after_utc:%Y-%m-%d}",
-        )
-    return _signer(ca_cert, ca_key)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    """Serialize a private key unencrypted, as gRPC loads it; file permissions protect it."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    """Serialize a certificate as PEM."""
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _make_dir(path: Path) -> None:
-    """Create a folder (and parents) readable by the owner only, since it will hold private keys."""
-    try:
-        path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise Fair4FreeError(
-            ErrorCode.OUTPUT_UNWRITABLE, f"cannot create folder {path}: {exc.strerror or exc}"
-        ) from None
-
-
-def _refuse_existing(paths: Iterable[Path], reason: str) -> None:
-    """Refuse before anything is written if any target exists, so a refusal leaves no debris."""
-    for path in paths:
-        if path.exists():
-            raise Fair4FreeError(
-                ErrorCode.OUTPUT_UNWRITABLE, f"{reason}: {path} exists; refusing to overwrite it"
-            )
-
-
-def _write_new_files(files: Sequence[tuple[Path, bytes, int]]) -> None:
-    """Create each (path, data, mode) exclusively, all or none.
-
-    ``O_EXCL`` makes creation fail rather than follow or replace anything placed there meanwhile,
-    and the mode is set at creation so a key is never readable by others, even briefly. On any
-    failure the files created so far are removed, leaving no half-made PKI behind.
-    """
-    _refuse_existing((path for path, _, _ in files), "a file of the PKI already exists")
-    created: list[Path] = []
-    try:
-        for path, data, mode in files:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            created.append(path)
-            with os.fdopen(fd, "wb") as handle:
-                os.fchmod(handle.fileno(), mode)  # the umask may have narrowed it
-                handle.write(data)
-    except OSError as exc:
-        for path in created:
-            path.unlink(missing_ok=True)
-        raise Fair4FreeError(
-            ErrorCode.OUTPUT_UNWRITABLE,
-            f"cannot create {exc.filename or 'a PKI file'}: {exc.strerror or exc}",
-        ) from None

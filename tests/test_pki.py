@@ -92,6 +92,7 @@ def test_layout_names_the_files(tmp_path: Path) -> None:
     assert layout.server_key == tmp_path / "server.key"
     assert layout.server_cert == tmp_path / "server.crt"
     assert layout.crl == tmp_path / "crl.pem"
+    assert layout.index == tmp_path / "index.json"
     assert layout.client_cert("alice") == tmp_path / "clients" / "alice.crt"
     assert layout.client_key("lab.v2") == tmp_path / "clients" / "lab.v2.key"
     assert layout.server_files() == TlsFiles(
@@ -104,7 +105,10 @@ def test_init_returns_layout_with_all_files(tmp_path: Path) -> None:
     assert layout == PkiLayout(tmp_path / "a" / "b")
     for path in (layout.ca_key, layout.ca_cert, layout.server_key, layout.server_cert):
         assert path.is_file()
-    assert not layout.crl.exists()
+    # A fresh PKI is servable at once: its first revocation list is published, and empty.
+    assert layout.crl.is_file()
+    assert layout.index.is_file()
+    assert list(x509.load_pem_x509_crl(layout.crl.read_bytes())) == []
 
 
 def test_ca_certificate(pki: PkiLayout) -> None:
