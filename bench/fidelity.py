@@ -36,11 +36,13 @@ import torch
 from fair4free.common.cli_support import configure_logging, run_cli
 from fair4free.common.metrics import EvaluationReport, evaluate_synthetic
 from fair4free.common.schema import TableSchema
+from fair4free.common.tls import client_identity_uri
 from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.consumer.distillation import DistillConfig, distill
 from fair4free.consumer.student import Student
 from fair4free.data_owner import datasets, queries
 from fair4free.data_owner.pki import init_pki, issue_client
+from fair4free.data_owner.policy import render_policy
 from fair4free.data_owner.registry import Teacher, load_teacher
 from fair4free.data_owner.server import ServerConfig, build_server
 from fair4free.data_owner.train_pipeline import train_to_directory
@@ -137,16 +139,23 @@ def two_party_student(
     """Distil over a real daemon on loopback with mutual TLS, as the two organisations would."""
     layout = init_pki(work / "pki")
     issue_client(layout.root, "bench")
-    server_config = ServerConfig(listen="127.0.0.1:0", seed=settings.seed)
-    server, port = build_server(
+    policy = work / "policy.toml"
+    policy.write_text(render_policy({client_identity_uri("bench"): {
+        "SampleLatents": settings.distill.latent_rows, "Decode": settings.distill.decode_rows,
+    }}, rate_per_minute=10_000))  # fmt: skip
+    server_config = ServerConfig(
+        policy=policy, state_dir=work / "state", listen="127.0.0.1:0", seed=settings.seed
+    )
+    daemon = build_server(
         load_teacher(teacher_dir), tls=layout.server_files(), config=server_config
     )
+    port = daemon.port
     try:
         client_config = ClientConfig(server=f"127.0.0.1:{port}", tls=layout.client_files("bench"))
         with OwnerClient(client_config) as client:
             student, seconds = _timed(lambda: distill(client, work / "student", settings.distill))
     finally:
-        server.stop(0)
+        daemon.stop(0)
     return student, seconds
 
 

@@ -122,6 +122,15 @@ def canonical_json(value: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BudgetStatus:
+    """One of the caller's row budgets: how many rows a method may still answer."""
+
+    method: str
+    limit: int
+    remaining: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelManifest:
     """What the owner declares about the served model: enough to distill it, nothing more."""
 
@@ -134,6 +143,8 @@ class ModelManifest:
     sensitive_marginal: tuple[float, ...]
     privacy_statement: str
     max_rows_per_call: int
+    caller_identity: str = ""
+    budgets: tuple[BudgetStatus, ...] = ()
 
 
 def manifest_to_proto(manifest: ModelManifest) -> pb.Manifest:
@@ -148,6 +159,11 @@ def manifest_to_proto(manifest: ModelManifest) -> pb.Manifest:
         sensitive_marginal=list(manifest.sensitive_marginal),
         privacy_statement=manifest.privacy_statement,
         max_rows_per_call=manifest.max_rows_per_call,
+        caller_identity=manifest.caller_identity,
+        budgets=[
+            pb.Budget(method=b.method, limit=b.limit, remaining=b.remaining)
+            for b in manifest.budgets
+        ],
     )
 
 
@@ -177,4 +193,9 @@ def manifest_from_proto(message: pb.Manifest) -> ModelManifest:
         sensitive_marginal=tuple(message.sensitive_marginal),
         privacy_statement=message.privacy_statement,
         max_rows_per_call=message.max_rows_per_call,
+        caller_identity=message.caller_identity,
+        budgets=tuple(
+            BudgetStatus(method=b.method, limit=b.limit, remaining=b.remaining)
+            for b in message.budgets
+        ),
     )

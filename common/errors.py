@@ -57,6 +57,8 @@ class ErrorCode(Enum):
     REQUEST_INVALID = "request_invalid"
     TENSOR_INVALID = "tensor_invalid"
     ROW_CAP_EXCEEDED = "row_cap_exceeded"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    RATE_LIMITED = "rate_limited"
     UNAUTHENTICATED = "unauthenticated"
     TLS_MATERIAL = "tls_material"
     SERVER_UNREACHABLE = "server_unreachable"
@@ -154,6 +156,16 @@ CATALOG: dict[ErrorCode, CatalogEntry] = {
         status=grpc.StatusCode.INVALID_ARGUMENT,
         exit_code=ExitCode.BAD_INPUT,
         hint="split the request into calls of at most the manifest's max_rows_per_call rows",
+    ),
+    ErrorCode.BUDGET_EXHAUSTED: CatalogEntry(
+        status=grpc.StatusCode.RESOURCE_EXHAUSTED,
+        exit_code=ExitCode.REFUSED,
+        hint="ask the data owner for a larger budget",
+    ),
+    ErrorCode.RATE_LIMITED: CatalogEntry(
+        status=grpc.StatusCode.RESOURCE_EXHAUSTED,
+        exit_code=ExitCode.REFUSED,
+        hint="slow down: retry after the wait the message names",
     ),
     ErrorCode.UNAUTHENTICATED: CatalogEntry(
         status=grpc.StatusCode.UNAUTHENTICATED,

@@ -80,6 +80,7 @@ def _daemon(model: Path, pki_dir: Path, work: Path) -> Iterator[str]:
             [
                 sys.executable, "-m", "fair4free.data_owner", "serve",
                 "--model", str(model), "--pki", str(pki_dir),
+                "--policy", str(work / "policy.toml"), "--state-dir", str(work / "state"),
                 "--listen", "127.0.0.1:0", "--ready-file", str(ready),
             ],
             stdout=log,
@@ -133,6 +134,8 @@ def run_demo(args: argparse.Namespace, work: Path) -> int:
     target, sensitive = info["target"], info["sensitive"]
     _owner("pki", "init", "--dir", str(pki_dir))
     _owner("pki", "issue-client", "--dir", str(pki_dir), "--name", CLIENT_NAME)
+    _owner("policy", "init", "--out", str(work / "policy.toml"), "--client", CLIENT_NAME,
+           "--budget", str(args.pool_rows))  # fmt: skip
     lap("owner: data and PKI")
     _owner("train", "--data", str(data_dir / "train.csv"), "--target", target,
            "--sensitive", sensitive, "--out", str(model), "--epochs", str(args.epochs),

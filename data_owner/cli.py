@@ -12,7 +12,9 @@ from pathlib import Path
 from fair4free.common.cli_support import run_parsed
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.schema import infer_schema
+from fair4free.common.tls import client_identity_uri
 from fair4free.data_owner import datasets, pki
+from fair4free.data_owner.policy import ROW_METHODS, render_policy
 from fair4free.data_owner.registry import load_teacher
 from fair4free.data_owner.server import ServerConfig, build_server, run_until_signalled
 from fair4free.data_owner.train_pipeline import train_to_directory
@@ -59,13 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fairness-weight", type=float, default=TrainingConfig.fairness_weight)
     train.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
     train.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
-    train.add_argument("--latent-dim", type=int, default=8)
+    train.add_argument("--kl-weight", type=float, default=TrainingConfig.kl_weight)
+    train.add_argument(
+        "--fair-labels",
+        choices=["massage", "none"],
+        default="massage",
+        help="equalise positive rates across sensitive groups before training (default)",
+    )
+    train.add_argument("--latent-dim", type=int, default=16)
     train.add_argument("--hidden", type=int, default=128)
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_train)
 
     pki_parser = commands.add_parser(
-        "pki", help="development PKI: CA, server and client certificates"
+        "pki", help="PKI: CA, server and client certificates, revocation"
     )
     pki_commands = pki_parser.add_subparsers(dest="pki_command", required=True)
     init = pki_commands.add_parser("init", help="create a CA and a server certificate")
@@ -79,10 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--dir", type=Path, required=True)
     issue.add_argument("--name", required=True, help="client identity, e.g. acme-research")
     issue.set_defaults(handler=_pki_issue)
+    sign = pki_commands.add_parser(
+        "sign", help="certify a consumer's key from its signing request (the key stays with it)"
+    )
+    sign.add_argument("--dir", type=Path, required=True)
+    sign.add_argument("--csr", type=Path, required=True, help="the consumer's NAME.csr")
+    sign.add_argument("--days", type=int, default=90, help="lifetime, capped by the CA's")
+    sign.set_defaults(handler=_pki_sign)
+    revoke = pki_commands.add_parser(
+        "revoke", help="revoke a consumer's certificate and publish a new CRL"
+    )
+    revoke.add_argument("--dir", type=Path, required=True)
+    revoke.add_argument("--name", required=True, help="client identity to revoke")
+    revoke.add_argument("--crl-days", type=int, default=7, help="validity of the new CRL")
+    revoke.set_defaults(handler=_pki_revoke)
+    crl = pki_commands.add_parser("crl", help="publish a fresh CRL (before the last one expires)")
+    crl.add_argument("--dir", type=Path, required=True)
+    crl.add_argument("--days", type=int, default=7, help="validity of the CRL")
+    crl.set_defaults(handler=_pki_crl)
+
+    policy = commands.add_parser("policy", help="write a starting access policy")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    policy_init = policy_commands.add_parser("init", help="grant clients every method")
+    policy_init.add_argument("--out", type=Path, required=True, help="new policy file (TOML)")
+    policy_init.add_argument("--client", action="append", required=True, help="client name")
+    policy_init.add_argument("--budget", type=int, default=1_000_000, help="rows per method")
+    policy_init.add_argument("--rate-per-minute", type=int, default=600)
+    policy_init.set_defaults(handler=_policy_init)
 
     serve = commands.add_parser("serve", help="serve model queries over mutual TLS")
     serve.add_argument("--model", type=Path, required=True)
     serve.add_argument("--pki", type=Path, required=True, help="folder made by 'pki init'")
+    serve.add_argument("--policy", type=Path, required=True, help="access policy (TOML)")
+    serve.add_argument(
+        "--state-dir", type=Path, required=True, help="where the budget ledger lives"
+    )
     serve.add_argument("--listen", default=ServerConfig.listen, help="HOST:PORT (port 0: any free)")
     serve.add_argument("--max-rows-per-call", type=int, default=ServerConfig.max_rows_per_call)
     serve.add_argument("--ready-file", type=Path, help="write HOST:PORT here once serving")
@@ -144,6 +184,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         fairness_weight=args.fairness_weight,
+        kl_weight=args.kl_weight,
         seed=args.seed,
     )
     content_hash = train_to_directory(
@@ -154,6 +195,7 @@ def _train(args: argparse.Namespace) -> int:
         latent_dim=args.latent_dim,
         hidden=args.hidden,
         training=training,
+        fair_labels=args.fair_labels,
     )
     print(f"saved teacher to {args.out} (content hash {content_hash[:12]})")
     return 0
@@ -177,19 +219,70 @@ def _pki_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pki_sign(args: argparse.Namespace) -> int:
+    issued = pki.sign_csr(args.dir, args.csr, days=args.days)
+    cert = pki.PkiLayout(args.dir).client_cert(issued.name)
+    print(
+        f"issued {pki.client_identity_uri(issued.name)}: {cert} (serial {issued.serial_hex}, "
+        f"valid until {issued.not_after:%Y-%m-%d}) for the public key sha256:{issued.key_sha256}"
+    )
+    print(
+        "check that fingerprint with the consumer by another channel, then send it "
+        f"{cert} and {pki.PkiLayout(args.dir).ca_cert}"
+    )
+    return 0
+
+
+def _pki_revoke(args: argparse.Namespace) -> int:
+    revoked, crl = pki.revoke_client(args.dir, args.name, crl_days=args.crl_days)
+    print(f"revoked {pki.client_identity_uri(revoked.name)} (serial {revoked.serial_hex})")
+    _print_crl(crl)
+    return 0
+
+
+def _pki_crl(args: argparse.Namespace) -> int:
+    _print_crl(pki.publish_crl(args.dir, days=args.days))
+    return 0
+
+
+def _print_crl(crl: pki.PublishedCrl) -> None:
+    print(
+        f"published {crl.path} (CRL number {crl.number}, {crl.revoked} revoked); publish the "
+        f"next one before {crl.next_update:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def _policy_init(args: argparse.Namespace) -> int:
+    if args.out.exists():
+        raise Fair4FreeError(ErrorCode.OUTPUT_UNWRITABLE, f"{args.out} exists; edit it instead")
+    grants = {
+        client_identity_uri(name): dict.fromkeys(sorted(ROW_METHODS), args.budget)
+        for name in args.client
+    }
+    args.out.write_text(render_policy(grants, rate_per_minute=args.rate_per_minute))
+    print(f"wrote {args.out}: {', '.join(grants)} may ask every method, {args.budget} rows each")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
+    layout = pki.PkiLayout(args.pki)
     config = ServerConfig(
-        listen=args.listen, max_rows_per_call=args.max_rows_per_call, seed=args.seed
+        policy=args.policy,
+        state_dir=args.state_dir,
+        crl=layout.crl if layout.crl.exists() else None,
+        listen=args.listen,
+        max_rows_per_call=args.max_rows_per_call,
+        seed=args.seed,
     )
     teacher = load_teacher(args.model)
-    server, port = build_server(teacher, tls=pki.PkiLayout(args.pki).server_files(), config=config)
-    address = f"{config.listen.rpartition(':')[0]}:{port}"
+    daemon = build_server(teacher, tls=layout.server_files(), config=config)
+    address = f"{config.listen.rpartition(':')[0]}:{daemon.port}"
     logger.info("serving model %s on %s (mutual TLS)", teacher.model_id, address)
     if args.ready_file is not None:
         staging = args.ready_file.with_name(args.ready_file.name + ".tmp")
         staging.write_text(address)
         staging.replace(args.ready_file)
-    run_until_signalled(server, grace_seconds=config.grace_seconds)
+    run_until_signalled(daemon, grace_seconds=config.grace_seconds)
     return 0
 
 

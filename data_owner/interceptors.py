@@ -14,9 +14,14 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.revocation import RevocationList, certificate_serial
 from fair4free.common.tls import peer_identity
+from fair4free.data_owner.ledger import BudgetExhaustedError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ def wrap_handler(handler: Handler, guard: Guard, stream_guard: Guard) -> Handler
     raise TypeError("client-streaming methods need their own wrapping")
 
 
-class _WrappingInterceptor(ServerInterceptor):
+class WrappingInterceptor(ServerInterceptor):
     """An interceptor that wraps each method's behaviour with the guards it names."""
 
     def guards(self, method: str) -> tuple[Guard, Guard]:
@@ -65,7 +70,7 @@ class _WrappingInterceptor(ServerInterceptor):
         return wrap_handler(handler, *self.guards(handler_call_details.method))
 
 
-class ErrorMappingInterceptor(_WrappingInterceptor):
+class ErrorMappingInterceptor(WrappingInterceptor):
     """Turns domain errors into their catalogued status and hides everything else.
 
     A ``Fair4FreeError`` becomes its catalog status with the public one-line message. Any other
@@ -79,11 +84,27 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
 
 
 def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
+    if isinstance(exc, BudgetExhaustedError):
+        context.abort_with_status(_quota_failure(exc))
     if isinstance(exc, Fair4FreeError):
         context.abort(exc.entry.status, exc.public_message())
     reference = uuid.uuid4().hex[:12]
     logger.error("internal error in %s (reference %s)", method, reference, exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error, reference {reference}")
+
+
+def _quota_failure(exc: BudgetExhaustedError) -> grpc.Status:
+    """RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure detail a client can read remaining from."""
+    violation = error_details_pb2.QuotaFailure.Violation(
+        subject=f"{exc.identity} {exc.method}",
+        description=f"{exc.needed} rows needed, {exc.remaining} of {exc.limit} remaining",
+    )
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.QuotaFailure(violations=[violation]))
+    status = status_pb2.Status(
+        code=code_pb2.RESOURCE_EXHAUSTED, message=exc.public_message(), details=[detail]
+    )
+    return rpc_status.to_status(status)
 
 
 def _mapped_unary(behaviour: Behaviour, method: str) -> Behaviour:
@@ -106,24 +127,46 @@ def _mapped_stream(behaviour: Behaviour, method: str) -> Behaviour:
     return run
 
 
-class IdentityInterceptor(_WrappingInterceptor):
-    """Admits only callers whose verified client certificate carries a consumer SAN URI.
+class IdentityInterceptor(WrappingInterceptor):
+    """Admits only callers whose verified, unrevoked client certificate names a consumer.
 
     The transport already refuses peers without a certificate from our CA; this refuses valid
-    certificates that name no consumer identity. Identity never comes from metadata.
+    certificates that name no consumer identity, and (Python gRPC has no CRL hook) certificates
+    the CA has revoked, checked on every call against a CRL reloaded when its file changes.
+    Identity never comes from metadata.
     """
+
+    def __init__(self, revocations: RevocationList | None) -> None:
+        self._revocations = revocations
 
     def guards(self, method: str) -> tuple[Guard, Guard]:
         """The check runs before the behaviour, so it covers streamed answers unchanged."""
-        return _identified, _identified
+        return self._identified, self._identified
+
+    def _identified(self, behaviour: Behaviour) -> Behaviour:
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            if caller_identity(context) is None:
+                raise Fair4FreeError(
+                    ErrorCode.UNAUTHENTICATED, "the client certificate names no consumer identity"
+                )
+            if self._revocations is not None:
+                self._revocations.reload_if_changed()
+                serial = certificate_serial(_peer_certificate(context))
+                if self._revocations.is_revoked(serial):
+                    raise Fair4FreeError(
+                        ErrorCode.UNAUTHENTICATED, f"client certificate {serial:x} is revoked"
+                    )
+            return behaviour(request, context)
+
+        return run
 
 
-def _identified(behaviour: Behaviour) -> Behaviour:
-    def run(request: Any, context: grpc.ServicerContext) -> Any:
-        if peer_identity(context.auth_context()) is None:
-            raise Fair4FreeError(
-                ErrorCode.UNAUTHENTICATED, "the client certificate names no consumer identity"
-            )
-        return behaviour(request, context)
+def _peer_certificate(context: grpc.ServicerContext) -> bytes:
+    values = context.auth_context().get("x509_pem_cert") or [b""]
+    value: Any = values[0] if isinstance(values, list | tuple) else values
+    return bytes(value)
 
-    return run
+
+def caller_identity(context: grpc.ServicerContext) -> str | None:
+    """The verified SAN URI identity of the peer; never read from metadata."""
+    return peer_identity(context.auth_context())

@@ -11,14 +11,20 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.revocation import RevocationList
 from fair4free.common.tls import TlsFiles, server_credentials
+from fair4free.data_owner.access import BudgetView, MeteringInterceptor, PolicyInterceptor
 from fair4free.data_owner.interceptors import ErrorMappingInterceptor, IdentityInterceptor
+from fair4free.data_owner.ledger import Ledger
+from fair4free.data_owner.policy import DEFAULT_RATE_PER_MINUTE, PolicyFile
+from fair4free.data_owner.rate_limit import RateLimiter
 from fair4free.data_owner.registry import Teacher
 from fair4free.data_owner.servicer import OwnerServicer
 from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
@@ -26,12 +32,16 @@ from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "fair4free.v1.OwnerService"
+LEDGER_FILE = "ledger.sqlite"
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """Daemon settings, validated once when the command line is read."""
 
+    policy: Path
+    state_dir: Path
+    crl: Path | None = None
     listen: str = "127.0.0.1:50051"
     max_rows_per_call: int = 4096
     max_workers: int = 8
@@ -54,41 +64,76 @@ class ServerConfig:
             raise Fair4FreeError(ErrorCode.CONFIG_INVALID, "max workers must be at least 1")
 
 
-def build_server(
-    teacher: Teacher, *, tls: TlsFiles, config: ServerConfig
-) -> tuple[grpc.Server, int]:
-    """A started server with the owner service and standard health checking; returns its port."""
+@dataclass(frozen=True, kw_only=True)
+class OwnerDaemon:
+    """A started daemon: the gRPC server, its bound port, and the state it must close."""
+
+    server: grpc.Server
+    port: int
+    ledger: Ledger
+
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Let in-flight calls finish, then close the ledger (never the other way round)."""
+        self.server.stop(grace_seconds).wait()
+        self.ledger.close()
+
+
+def build_server(teacher: Teacher, *, tls: TlsFiles, config: ServerConfig) -> OwnerDaemon:
+    """A started daemon with the owner service and standard health checking.
+
+    Interceptors, outermost first: errors become statuses; the peer must name a consumer; the
+    policy must grant the call (deny by default), within rate and row cap; rows are charged.
+    """
+    policy = PolicyFile(config.policy)
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Fair4FreeError(
+            ErrorCode.OUTPUT_UNWRITABLE, f"cannot create state directory {config.state_dir}: {exc}"
+        ) from None
+    revocations = None if config.crl is None else RevocationList.load(config.crl, tls.ca)
+    ledger = Ledger.open(config.state_dir / LEDGER_FILE)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
-        interceptors=[ErrorMappingInterceptor(), IdentityInterceptor()],
+        interceptors=[
+            ErrorMappingInterceptor(),
+            IdentityInterceptor(revocations),
+            PolicyInterceptor(policy, RateLimiter(DEFAULT_RATE_PER_MINUTE)),
+            MeteringInterceptor(policy, ledger),
+        ],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
         ],
         maximum_concurrent_rpcs=4 * config.max_workers,
     )
-    pb_grpc.add_OwnerServiceServicer_to_server(
-        OwnerServicer(teacher, max_rows_per_call=config.max_rows_per_call, seed=config.seed),
-        server,
+    servicer = OwnerServicer(
+        teacher,
+        budgets=BudgetView(policy, ledger),
+        max_rows_per_call=config.max_rows_per_call,
+        seed=config.seed,
     )
+    pb_grpc.add_OwnerServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     credentials = server_credentials(ca=tls.ca, cert=tls.cert, key=tls.key)
     try:
         port = server.add_secure_port(config.listen, credentials)
     except RuntimeError as exc:
+        ledger.close()
         raise Fair4FreeError(
             ErrorCode.CONFIG_INVALID, f"cannot listen on {config.listen}: {exc}"
         ) from None
     if port == 0:
+        ledger.close()
         raise Fair4FreeError(ErrorCode.CONFIG_INVALID, f"cannot listen on {config.listen}")
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port
+    return OwnerDaemon(server=server, port=port, ledger=ledger)
 
 
-def run_until_signalled(server: grpc.Server, *, grace_seconds: float) -> None:
+def run_until_signalled(daemon: OwnerDaemon, *, grace_seconds: float) -> None:
     """Block until SIGTERM or SIGINT, then let in-flight calls finish within the grace period."""
     stop = threading.Event()
 
@@ -100,7 +145,7 @@ def run_until_signalled(server: grpc.Server, *, grace_seconds: float) -> None:
     try:
         stop.wait()
     finally:
-        server.stop(grace_seconds).wait()
+        daemon.stop(grace_seconds)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         logger.info("stopped")

@@ -6,6 +6,7 @@ knows about them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import grpc
@@ -20,6 +21,7 @@ from fair4free.common.codec import (
     tensor_to_proto,
 )
 from fair4free.data_owner import queries
+from fair4free.data_owner.access import BudgetView
 from fair4free.data_owner.registry import Teacher
 from fair4free.v1 import fair4free_pb2 as pb
 from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
@@ -30,20 +32,34 @@ LATENT_CHUNK_ROWS = 1024
 class OwnerServicer(pb_grpc.OwnerServiceServicer):
     """Answers model queries against one loaded teacher."""
 
-    def __init__(self, teacher: Teacher, *, max_rows_per_call: int, seed: int | None) -> None:
+    def __init__(
+        self,
+        teacher: Teacher,
+        *,
+        budgets: BudgetView,
+        max_rows_per_call: int,
+        seed: int | None,
+    ) -> None:
         self._teacher = teacher
+        self._budgets = budgets
         self._max_rows = max_rows_per_call
         self._rng = np.random.default_rng(seed)
-        self._manifest = manifest_to_proto(
-            queries.build_manifest(teacher, max_rows_per_call=max_rows_per_call)
-        )
+        self._manifest = queries.build_manifest(teacher, max_rows_per_call=max_rows_per_call)
 
     def GetManifest(  # noqa: N802 - gRPC method names are fixed by the proto
         self, request: pb.GetManifestRequest, context: grpc.ServicerContext
     ) -> pb.Manifest:
-        """The manifest is built once at start; every caller gets the same one."""
+        """The model's manifest, with the caller's own identity, row cap and budgets left."""
         check_request_id(request.request_id)
-        return self._manifest
+        standing = self._budgets.standing(context)
+        return manifest_to_proto(
+            dataclasses.replace(
+                self._manifest,
+                caller_identity=standing.identity,
+                max_rows_per_call=min(self._max_rows, standing.max_rows_per_call),
+                budgets=standing.budgets,
+            )
+        )
 
     def SampleLatents(  # noqa: N802
         self, request: pb.SampleLatentsRequest, context: grpc.ServicerContext

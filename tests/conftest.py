@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 
 from fair4free.common.schema import TableSchema
+from fair4free.common.tls import client_identity_uri
 from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.consumer.distillation import DistillConfig, distill
 from fair4free.data_owner import datasets
 from fair4free.data_owner.pki import PkiLayout, init_pki, issue_client
+from fair4free.data_owner.policy import render_policy
 from fair4free.data_owner.registry import load_teacher
 from fair4free.data_owner.server import ServerConfig, build_server
 from fair4free.data_owner.train_pipeline import train_to_directory
@@ -21,6 +23,7 @@ from fair4free.data_owner.training import TrainingConfig
 
 CLIENT_NAME = "test-consumer"
 MAX_ROWS_PER_CALL = 512
+UNLIMITED = {"SampleLatents": 10**9, "Decode": 10**9}
 SMALL_DISTILLATION = DistillConfig(
     latent_rows=1024, decode_rows=1024, generator_steps=80, decoder_steps=80, batch_size=128
 )
@@ -63,14 +66,29 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory, cohort: Cohort) -> Pat
     return out
 
 
+def write_policy(path: Path, budgets: dict[str, int], *, rate_per_minute: int = 100_000) -> Path:
+    """A policy granting the test client every method with the given row budgets."""
+    grant = {client_identity_uri(CLIENT_NAME): budgets}
+    path.write_text(render_policy(grant, rate_per_minute=rate_per_minute))
+    return path
+
+
 @pytest.fixture(scope="session")
-def server_address(teacher_dir: Path, pki_dir: PkiLayout) -> Iterator[str]:
-    config = ServerConfig(listen="127.0.0.1:0", max_rows_per_call=MAX_ROWS_PER_CALL, seed=0)
-    server, port = build_server(
-        load_teacher(teacher_dir), tls=pki_dir.server_files(), config=config
+def server_address(
+    tmp_path_factory: pytest.TempPathFactory, teacher_dir: Path, pki_dir: PkiLayout
+) -> Iterator[str]:
+    state = tmp_path_factory.mktemp("daemon")
+    config = ServerConfig(
+        policy=write_policy(state / "policy.toml", UNLIMITED),
+        state_dir=state,
+        crl=pki_dir.crl,
+        listen="127.0.0.1:0",
+        max_rows_per_call=MAX_ROWS_PER_CALL,
+        seed=0,
     )
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
+    daemon = build_server(load_teacher(teacher_dir), tls=pki_dir.server_files(), config=config)
+    yield f"127.0.0.1:{daemon.port}"
+    daemon.stop(0)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import CLIENT_NAME, Cohort
+from conftest import CLIENT_NAME, UNLIMITED, Cohort, write_policy
 from fair4free.common.artifacts import METADATA_FILE
 from fair4free.common.errors import ExitCode
 from fair4free.common.table_io import read_table
@@ -26,6 +26,11 @@ def run(side: str, *args: str, timeout: float = 120) -> subprocess.CompletedProc
     return subprocess.run(
         [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def _policy_args(directory: Path) -> list[str]:
+    policy = write_policy(directory / "policy.toml", UNLIMITED)
+    return ["--policy", str(policy), "--state-dir", str(directory / "state")]
 
 
 def assert_one_line_error(
@@ -94,7 +99,7 @@ def test_serve_refuses_a_model_from_another_version(
     document["format_version"] = 99
     (model / METADATA_FILE).write_text(json.dumps(document))
     result = run("owner", "serve", "--model", str(model), "--pki", str(pki_dir.root),
-                 "--listen", "127.0.0.1:0")  # fmt: skip
+                 "--listen", "127.0.0.1:0", *_policy_args(tmp_path))  # fmt: skip
     assert_one_line_error(result, ExitCode.INCOMPATIBLE_ARTIFACT, "format 99")
 
 
@@ -108,7 +113,7 @@ def test_serve_refuses_a_tampered_model(
     data[-100] ^= 0xFF
     weights.write_bytes(bytes(data))
     result = run("owner", "serve", "--model", str(model), "--pki", str(pki_dir.root),
-                 "--listen", "127.0.0.1:0")  # fmt: skip
+                 "--listen", "127.0.0.1:0", *_policy_args(tmp_path))  # fmt: skip
     assert_one_line_error(result, ExitCode.INCOMPATIBLE_ARTIFACT, "content hash does not match")
 
 
@@ -178,6 +183,7 @@ def test_serve_shuts_down_gracefully_on_sigterm(
     ready = tmp_path / "ready"
     process = subprocess.Popen(
         [sys.executable, "-m", "fair4free.data_owner", "serve", "--model", str(teacher_dir),
+         *_policy_args(tmp_path),
          "--pki", str(pki_dir.root), "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -6,6 +6,7 @@ from hypothesis.extra import numpy as hnp
 
 from fair4free.common.codec import (
     MANIFEST_FORMAT_VERSION,
+    BudgetStatus,
     ModelManifest,
     check_index_bounds,
     check_request_id,
@@ -118,6 +119,8 @@ def _manifest() -> ModelManifest:
         sensitive_marginal=(0.25, 0.75),
         privacy_statement="none",
         max_rows_per_call=4096,
+        caller_identity="fair4free://consumer/acme",
+        budgets=(BudgetStatus(method="Decode", limit=100, remaining=40),),
     )
 
 

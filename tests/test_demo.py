@@ -27,8 +27,12 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     for name in ("real train", "synthetic"):
         scores = document["reports"][name]
         for metric in METRICS:
+            value = scores[metric]
+            if value is None:  # a 0/0 ratio: tiny settings may predict no positives at all
+                assert metric in ("dpr", "eor"), (name, metric)
+                continue
             upper = 5.0 if metric == "density" else 1.0  # density is a ratio that may exceed 1
-            assert 0.0 <= scores[metric] <= upper, (name, metric, scores[metric])
+            assert 0.0 <= value <= upper, (name, metric, value)
     synthetic = (tmp_path / "work" / "synthetic.csv").read_text().splitlines()
     train = (tmp_path / "work" / "data" / "train.csv").read_text().splitlines()
     assert synthetic[0] == train[0]  # same header, same column order

@@ -87,6 +87,8 @@ class Manifest(_message.Message):
     SENSITIVE_MARGINAL_FIELD_NUMBER: _builtins.int
     PRIVACY_STATEMENT_FIELD_NUMBER: _builtins.int
     MAX_ROWS_PER_CALL_FIELD_NUMBER: _builtins.int
+    CALLER_IDENTITY_FIELD_NUMBER: _builtins.int
+    BUDGETS_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """Version of this manifest's layout; the consumer refuses versions it does not know."""
     model_id: _builtins.str
@@ -102,10 +104,16 @@ class Manifest(_message.Message):
     privacy_statement: _builtins.str
     """Human-readable statement of the privacy guarantees that hold (or that none do)."""
     max_rows_per_call: _builtins.int
-    """Largest number of rows one SampleLatents or Decode call may ask for."""
+    """Largest number of rows one SampleLatents or Decode call may ask for (for this caller)."""
+    caller_identity: _builtins.str
+    """The caller's identity as the owner sees it (the client certificate's SAN URI)."""
     @_builtins.property
     def sensitive_marginal(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """p(s) over the sensitive categories, in the encoding's category order."""
+
+    @_builtins.property
+    def budgets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Budget]:
+        """The caller's row budgets, one per budgeted method."""
 
     def __init__(
         self,
@@ -119,14 +127,41 @@ class Manifest(_message.Message):
         sensitive_marginal: _abc.Iterable[_builtins.float] | None = ...,
         privacy_statement: _builtins.str = ...,
         max_rows_per_call: _builtins.int = ...,
+        caller_identity: _builtins.str = ...,
+        budgets: _abc.Iterable[Global___Budget] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "encoding_json", b"encoding_json", "format_version", b"format_version", "latent_dim", b"latent_dim", "max_rows_per_call", b"max_rows_per_call", "model_id", b"model_id", "output_dim", b"output_dim", "privacy_statement", b"privacy_statement", "sensitive_marginal", b"sensitive_marginal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "caller_identity", b"caller_identity", "content_hash", b"content_hash", "encoding_json", b"encoding_json", "format_version", b"format_version", "latent_dim", b"latent_dim", "max_rows_per_call", b"max_rows_per_call", "model_id", b"model_id", "output_dim", b"output_dim", "privacy_statement", b"privacy_statement", "sensitive_marginal", b"sensitive_marginal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Manifest: _TypeAlias = Manifest  # noqa: Y015
+
+@_typing.final
+class Budget(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    limit: _builtins.int
+    remaining: _builtins.int
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "method", b"method", "remaining", b"remaining"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Budget: _TypeAlias = Budget  # noqa: Y015
 
 @_typing.final
 class SampleLatentsRequest(_message.Message):
