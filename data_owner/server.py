@@ -48,6 +48,9 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     seed: int | None = None
     grace_seconds: float = 5.0
+    # Connections are closed after this long (with a grace period for calls in flight), so a
+    # client reconnects and presents its current, possibly rotated or revoked, certificate.
+    max_connection_age_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -104,6 +107,8 @@ def build_server(teacher: Teacher, *, tls: TlsFiles, config: ServerConfig) -> Ow
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(config.grace_seconds * 1000)),
         ],
         maximum_concurrent_rpcs=4 * config.max_workers,
     )
