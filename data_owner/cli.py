@@ -269,7 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         policy=args.policy,
         state_dir=args.state_dir,
-        crl=layout.crl if layout.crl.exists() else None,
+        crl=layout.crl,  # required: a missing CRL stops the daemon rather than skip revocation
         listen=args.listen,
         max_rows_per_call=args.max_rows_per_call,
         seed=args.seed,
