@@ -92,7 +92,7 @@ def _peak_rss_mb() -> float:
 def _timed(action: Callable[[], T]) -> tuple[T, float]:
     started = time.perf_counter()
     result = action()
-    return result, round(time.perf_counter() - started, 2)
+    return result, round(time.perf_counter() - started, 4)
 
 
 def load_dataset(name: str, data_home: Path | None, rows: int) -> datasets.TabularDataset:
