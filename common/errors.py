@@ -64,6 +64,9 @@ class ErrorCode(Enum):
     SERVER_UNREACHABLE = "server_unreachable"
     SERVER_REFUSED = "server_refused"
     INTERRUPTED = "interrupted"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
+    AUDIT_KEY_INVALID = "audit_key_invalid"
+    AUDIT_CHECKPOINT_INVALID = "audit_checkpoint_invalid"
     INTERNAL = "internal"
 
 
@@ -191,6 +194,21 @@ CATALOG: dict[ErrorCode, CatalogEntry] = {
         status=grpc.StatusCode.CANCELLED,
         exit_code=ExitCode.INTERRUPTED,
         hint="rerun the same command to resume from the last checkpoint",
+    ),
+    ErrorCode.AUDIT_UNAVAILABLE: CatalogEntry(
+        status=grpc.StatusCode.UNAVAILABLE,
+        exit_code=ExitCode.INTERNAL,
+        hint="the audit log cannot be written; the daemon stops answering until it can",
+    ),
+    ErrorCode.AUDIT_KEY_INVALID: CatalogEntry(
+        status=grpc.StatusCode.FAILED_PRECONDITION,
+        exit_code=ExitCode.BAD_INPUT,
+        hint="point to the Ed25519 audit key in PEM (not a TLS key); generate one if there is none",
+    ),
+    ErrorCode.AUDIT_CHECKPOINT_INVALID: CatalogEntry(
+        status=grpc.StatusCode.INVALID_ARGUMENT,
+        exit_code=ExitCode.BAD_INPUT,
+        hint="pass each audit checkpoint exactly as the daemon sent it, one per line",
     ),
     ErrorCode.INTERNAL: CatalogEntry(
         status=grpc.StatusCode.INTERNAL,
