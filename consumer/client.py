@@ -14,13 +14,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
+from fair4free.common.closing import ClosesOnExit
 from fair4free.common.codec import (
     ModelManifest,
     manifest_from_proto,
@@ -56,7 +56,7 @@ class ClientConfig:
     max_message_bytes: int = 16 * 1024 * 1024
 
 
-class OwnerClient:
+class OwnerClient(ClosesOnExit):
     """A typed client for OwnerService; use as a context manager so the channel is closed."""
 
     def __init__(self, config: ClientConfig) -> None:
@@ -75,15 +75,8 @@ class OwnerClient:
         self._stub = pb_grpc.OwnerServiceStub(self._channel)
         self._manifest: ModelManifest | None = None
 
-    def __enter__(self) -> OwnerClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Close the channel to the owner."""
         self._channel.close()
 
     def manifest(self) -> ModelManifest:

@@ -37,11 +37,11 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fair4free.common.closing import ClosesOnExit
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.data_owner.audit_record import (
     TERMINAL_OUTCOMES,
@@ -70,7 +70,7 @@ LOCKED: Final = "audit log {directory} is open in another process"
 BAD_SETTING: Final = "audit setting {name} must be positive, got {value}"
 
 
-class AuditLog:
+class AuditLog(ClosesOnExit):
     """An open audit log directory; create with :meth:`open`, then ``append`` and ``close``."""
 
     def __init__(
@@ -208,17 +208,6 @@ class AuditLog:
                     self._checkpoint("close")
             finally:
                 self._release()
-
-    def __enter__(self) -> AuditLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # Everything below runs with self._lock held.
 

@@ -36,9 +36,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
+from fair4free.common.closing import ClosesOnExit
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 
 SCHEMA_VERSION: Final = 1
@@ -127,7 +127,7 @@ class Usage:
     updated_at: float
 
 
-class Ledger:
+class Ledger(ClosesOnExit):
     """Budgets and request records in one SQLite file. Thread-safe: a connection per thread."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float]) -> None:
@@ -355,17 +355,6 @@ class Ledger:
             connections, self._connections = self._connections, []
         for connection in connections:
             connection.close()
-
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @staticmethod
     def _used(db: sqlite3.Connection, identity: str, method: str) -> int:
