@@ -10,10 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fair4free.common.cli_support import run_parsed
-from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.errors import ErrorCode, ExitCode, Fair4FreeError
 from fair4free.common.schema import infer_schema
 from fair4free.common.tls import client_identity_uri
 from fair4free.data_owner import datasets, pki
+from fair4free.data_owner.audit_keys import load_public_key
+from fair4free.data_owner.audit_record import SignedCheckpoint
+from fair4free.data_owner.audit_verify import verify
 from fair4free.data_owner.policy import ROW_METHODS, render_policy
 from fair4free.data_owner.registry import load_teacher
 from fair4free.data_owner.server import ServerConfig, build_server, run_until_signalled
@@ -115,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     policy_init.add_argument("--budget", type=int, default=1_000_000, help="rows per method")
     policy_init.add_argument("--rate-per-minute", type=int, default=600)
     policy_init.set_defaults(handler=_policy_init)
+
+    audit = commands.add_parser("audit", help="check the daemon's audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify_parser = audit_commands.add_parser(
+        "verify", help="prove the log intact: chain, signatures, segments, consumer checkpoints"
+    )
+    verify_parser.add_argument("--dir", type=Path, required=True, help="the log: STATE/audit")
+    verify_parser.add_argument(
+        "--pubkey", type=Path, required=True, help="STATE/audit-key/audit-signing.pub"
+    )
+    verify_parser.add_argument(
+        "--checkpoints", type=Path, help="checkpoint tokens a consumer kept, one per line"
+    )
+    verify_parser.set_defaults(handler=_audit_verify)
 
     serve = commands.add_parser("serve", help="serve model queries over mutual TLS")
     serve.add_argument("--model", type=Path, required=True)
@@ -262,6 +279,32 @@ def _policy_init(args: argparse.Namespace) -> int:
     args.out.write_text(render_policy(grants, rate_per_minute=args.rate_per_minute))
     print(f"wrote {args.out}: {', '.join(grants)} may ask every method, {args.budget} rows each")
     return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    tokens: list[str] = []
+    if args.checkpoints is not None:
+        try:
+            tokens = [t for t in args.checkpoints.read_text().split() if t]
+        except OSError as exc:
+            raise Fair4FreeError(
+                ErrorCode.FILE_NOT_FOUND, f"cannot read {args.checkpoints}: {exc.strerror}"
+            ) from None
+    result = verify(
+        args.dir,
+        public_key=load_public_key(args.pubkey),
+        consumer_checkpoints=[SignedCheckpoint.from_compact(token) for token in tokens],
+    )
+    verdict = "intact" if result.ok else "NOT intact"
+    print(
+        f"audit log {args.dir}: {verdict}; {result.records} records in {result.segments} "
+        f"segment(s), {result.checkpoints} checkpoints, {len(tokens)} consumer checkpoint(s)"
+    )
+    for problem in result.problems:
+        print(f"problem: {problem}")
+    for gap in result.recoveries:
+        print(f"crash gap: {gap}")
+    return 0 if result.ok else int(ExitCode.INCOMPATIBLE_ARTIFACT)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -21,6 +22,9 @@ from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.revocation import RevocationList
 from fair4free.common.tls import TlsFiles, server_credentials
 from fair4free.data_owner.access import BudgetView, MeteringInterceptor, PolicyInterceptor
+from fair4free.data_owner.audit_interceptor import AuditInterceptor, ServedModel
+from fair4free.data_owner.audit_keys import PRIVATE_KEY_FILE, generate_signing_key, load_signing_key
+from fair4free.data_owner.audit_log import AuditLog
 from fair4free.data_owner.interceptors import ErrorMappingInterceptor, IdentityInterceptor
 from fair4free.data_owner.ledger import Ledger
 from fair4free.data_owner.policy import DEFAULT_RATE_PER_MINUTE, PolicyFile
@@ -33,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "fair4free.v1.OwnerService"
 LEDGER_FILE = "ledger.sqlite"
+AUDIT_DIR = "audit"
+AUDIT_KEY_DIR = "audit-key"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +48,8 @@ class ServerConfig:
     policy: Path
     state_dir: Path
     crl: Path | None = None
+    server_id: str = field(default_factory=socket.gethostname)
+    audit_checkpoint_every: int = 100
     listen: str = "127.0.0.1:50051"
     max_rows_per_call: int = 4096
     max_workers: int = 8
@@ -74,11 +82,13 @@ class OwnerDaemon:
     server: grpc.Server
     port: int
     ledger: Ledger
+    audit: AuditLog
 
     def stop(self, grace_seconds: float | None = None) -> None:
-        """Let in-flight calls finish, then close the ledger (never the other way round)."""
+        """Let in-flight calls finish, then close the ledger and the audit log (never before)."""
         self.server.stop(grace_seconds).wait()
         self.ledger.close()
+        self.audit.close()
 
 
 def build_server(teacher: Teacher, *, tls: TlsFiles, config: ServerConfig) -> OwnerDaemon:
@@ -95,11 +105,16 @@ def build_server(teacher: Teacher, *, tls: TlsFiles, config: ServerConfig) -> Ow
             ErrorCode.OUTPUT_UNWRITABLE, f"cannot create state directory {config.state_dir}: {exc}"
         ) from None
     revocations = None if config.crl is None else RevocationList.load(config.crl, tls.ca)
+    audit = open_audit_log(config)
     ledger = Ledger.open(config.state_dir / LEDGER_FILE)
+    served = ServedModel(
+        server_id=config.server_id, model_id=teacher.model_id, model_hash=teacher.content_hash
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         interceptors=[
             ErrorMappingInterceptor(),
+            AuditInterceptor(audit, served),
             IdentityInterceptor(revocations),
             PolicyInterceptor(policy, RateLimiter(DEFAULT_RATE_PER_MINUTE)),
             MeteringInterceptor(policy, ledger),
@@ -126,16 +141,32 @@ def build_server(teacher: Teacher, *, tls: TlsFiles, config: ServerConfig) -> Ow
         port = server.add_secure_port(config.listen, credentials)
     except RuntimeError as exc:
         ledger.close()
+        audit.close()
         raise Fair4FreeError(
             ErrorCode.CONFIG_INVALID, f"cannot listen on {config.listen}: {exc}"
         ) from None
     if port == 0:
         ledger.close()
+        audit.close()
         raise Fair4FreeError(ErrorCode.CONFIG_INVALID, f"cannot listen on {config.listen}")
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return OwnerDaemon(server=server, port=port, ledger=ledger)
+    return OwnerDaemon(server=server, port=port, ledger=ledger, audit=audit)
+
+
+def open_audit_log(config: ServerConfig) -> AuditLog:
+    """The daemon's audit log in ``<state>/audit``, signed by ``<state>/audit-key`` (made once)."""
+    key_dir = config.state_dir / AUDIT_KEY_DIR
+    key_path = key_dir / PRIVATE_KEY_FILE
+    if not key_path.exists():
+        files = generate_signing_key(key_dir)
+        logger.info("generated the audit signing key; verifiers need %s", files.public_key)
+    return AuditLog.open(
+        config.state_dir / AUDIT_DIR,
+        signing_key=load_signing_key(key_path),
+        checkpoint_every=config.audit_checkpoint_every,
+    )
 
 
 def run_until_signalled(daemon: OwnerDaemon, *, grace_seconds: float) -> None:
