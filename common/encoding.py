@@ -90,8 +90,18 @@ class QuantileNormal:
         )
 
     def forward(self, values: FloatArray) -> FloatArray:
-        """Map values to normal scores; values beyond the knots get the end scores."""
-        return np.interp(values, self.knots, self.scores)
+        """Map values to normal scores; values beyond the knots get the end scores.
+
+        Interpolation between knots far apart can round a hair past the next knot's score
+        (measured: 2.2e-16 at 0.0 between knots -841433 and 3.9e-19); clipping each value to the
+        scores of its bracketing knots keeps the transform exactly monotone.
+        """
+        knots = np.asarray(self.knots)
+        scores = np.asarray(self.scores)
+        upper = np.searchsorted(knots, values, side="left").clip(0, len(knots) - 1)
+        lower = np.searchsorted(knots, values, side="right").clip(1, len(knots)) - 1
+        mapped: FloatArray = np.clip(np.interp(values, knots, scores), scores[lower], scores[upper])
+        return mapped
 
     def inverse(self, scores: FloatArray) -> FloatArray:
         """Map normal scores back to values, clipped to the knot range."""
