@@ -28,6 +28,10 @@ _NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
 
 MANIFEST_FORMAT_VERSION = 1
 
+# Trailing-metadata key under which the owner returns its latest signed audit checkpoint with
+# every answer; the consumer keeps them as its own evidence of the owner's log.
+AUDIT_CHECKPOINT_TRAILER = "fair4free-audit-checkpoint"
+
 
 def tensor_to_proto(array: npt.NDArray[Any]) -> pb.Tensor:
     """Serialise an array as little-endian bytes; refuses dtypes the protocol does not carry."""

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--force", action="store_true", help="replace an existing output file")
     gen.set_defaults(handler=_generate)
 
+    kept = commands.add_parser(
+        "checkpoints", help="print the owner's audit checkpoints a student received, one per line"
+    )
+    kept.add_argument("--student", type=Path, required=True)
+    kept.set_defaults(handler=_checkpoints)
+
     ev = commands.add_parser("evaluate", help="score synthetic rows against a real test table")
     ev.add_argument("--synthetic", type=Path, required=True)
     ev.add_argument("--real", type=Path, required=True)
@@ -114,6 +120,12 @@ def _generate(args: argparse.Namespace) -> int:
     frame = student.sample(args.rows, seed=args.seed, sensitive=args.sensitive_value)
     write_table(frame, args.out, student.encoder.schema)
     print(f"wrote {len(frame)} synthetic rows to {args.out}")
+    return 0
+
+
+def _checkpoints(args: argparse.Namespace) -> int:
+    for token in Student.load(args.student).metadata.get("audit_checkpoints", []):
+        print(token)
     return 0
 
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from fair4free.common.closing import ClosesOnExit
 from fair4free.common.codec import (
+    AUDIT_CHECKPOINT_TRAILER,
     ModelManifest,
     manifest_from_proto,
     tensor_from_proto,
@@ -74,6 +75,7 @@ class OwnerClient(ClosesOnExit):
         )
         self._stub = pb_grpc.OwnerServiceStub(self._channel)
         self._manifest: ModelManifest | None = None
+        self._checkpoints: list[str] = []
 
     def close(self) -> None:
         """Close the channel to the owner."""
@@ -82,15 +84,30 @@ class OwnerClient(ClosesOnExit):
     def manifest(self) -> ModelManifest:
         """The owner's manifest, fetched once per client."""
         if self._manifest is None:
-            message = self._call(
-                "GetManifest",
-                lambda request_id: self._stub.GetManifest(
-                    pb.GetManifestRequest(request_id=request_id),
-                    timeout=self._config.timeout_seconds,
-                ),
-            )
+            message = self._call("GetManifest", self._manifest_once)
             self._manifest = manifest_from_proto(message)
         return self._manifest
+
+    def _manifest_once(self, request_id: str) -> pb.Manifest:
+        message, call = self._stub.GetManifest.with_call(
+            pb.GetManifestRequest(request_id=request_id), timeout=self._config.timeout_seconds
+        )
+        self._keep_checkpoint(call)
+        return message
+
+    @property
+    def audit_checkpoints(self) -> tuple[str, ...]:
+        """Signed checkpoints of the owner's audit log that came back with answers, in order.
+
+        The consumer's own evidence: the owner's ``audit verify --checkpoints`` fails if the log
+        it shows later disagrees with any of them.
+        """
+        return tuple(self._checkpoints)
+
+    def _keep_checkpoint(self, call: Any) -> None:
+        for key, value in call.trailing_metadata() or ():
+            if key == AUDIT_CHECKPOINT_TRAILER and value not in self._checkpoints[-1:]:
+                self._checkpoints.append(str(value))
 
     def sample_latents(self, rows: int) -> npt.NDArray[np.float32]:
         """``rows`` teacher latents, fetched in calls of at most the manifest's row cap."""
@@ -112,6 +129,7 @@ class OwnerClient(ClosesOnExit):
             )
             for batch in stream
         ]
+        self._keep_checkpoint(stream)
         latents = np.concatenate(batches) if batches else np.zeros((0, latent_dim), np.float32)
         if latents.shape[0] != rows:
             raise Fair4FreeError(
@@ -147,7 +165,9 @@ class OwnerClient(ClosesOnExit):
 
     def _decode_once(self, request: pb.DecodeRequest, request_id: str) -> pb.DecodeResponse:
         request.request_id = request_id
-        return self._stub.Decode(request, timeout=self._config.timeout_seconds)
+        response, call = self._stub.Decode.with_call(request, timeout=self._config.timeout_seconds)
+        self._keep_checkpoint(call)
+        return response
 
     def _call(self, method: str, send: Callable[[str], T]) -> T:
         """Send with one request id, retrying transient failures with backoff and jitter."""

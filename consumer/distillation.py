@@ -167,6 +167,9 @@ def distill(client: OwnerClient, out: Path, config: DistillConfig) -> Student:
             "distill_config": dataclasses.asdict(config),
             "collapse": dataclasses.asdict(report),
             "queries": {"latent_rows": config.latent_rows, "decoded_rows": config.decode_rows},
+            # The owner's signed audit checkpoints received in this run (a resumed run keeps
+            # only its own): `fair4free-consumer checkpoints` prints them for `audit verify`.
+            "audit_checkpoints": list(client.audit_checkpoints),
             "train_seconds": round(time.monotonic() - started, 1),
         },
     )

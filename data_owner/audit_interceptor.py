@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from fair4free.common.codec import AUDIT_CHECKPOINT_TRAILER
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.revocation import certificate_serial
 from fair4free.common.tls import certificate_fingerprint, peer_identity
@@ -25,8 +26,6 @@ from fair4free.data_owner.access import request_rows
 from fair4free.data_owner.audit_log import AuditLog
 from fair4free.data_owner.audit_record import AuditEvent, Outcome
 from fair4free.data_owner.interceptors import Behaviour, Guard, WrappingInterceptor
-
-CHECKPOINT_METADATA_KEY = "fair4free-audit-checkpoint"
 
 # Refusals of who is asking or how much, as opposed to failures of what was asked.
 _DENIALS = {
@@ -113,7 +112,7 @@ class AuditInterceptor(WrappingInterceptor):
             )
         )
         token = self._log.latest_checkpoint().to_compact()
-        context.set_trailing_metadata(((CHECKPOINT_METADATA_KEY, token),))
+        context.set_trailing_metadata(((AUDIT_CHECKPOINT_TRAILER, token),))
 
     def _unary(self, behaviour: Behaviour, method: str) -> Behaviour:
         def run(request: Any, context: grpc.ServicerContext) -> Any:

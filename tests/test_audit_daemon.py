@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from conftest import CLIENT_NAME, UNLIMITED, write_policy
-from fair4free.common.codec import tensor_to_proto
+from fair4free.common.codec import AUDIT_CHECKPOINT_TRAILER, tensor_to_proto
 from fair4free.common.tls import channel_credentials, client_identity_uri
-from fair4free.data_owner.audit_interceptor import CHECKPOINT_METADATA_KEY
+from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.data_owner.audit_keys import load_public_key
 from fair4free.data_owner.audit_record import AuditEvent, SignedCheckpoint, list_segments
 from fair4free.data_owner.pki import PkiLayout, issue_client
@@ -47,6 +47,7 @@ def audited(
     config = ServerConfig(
         policy=write_policy(state / "policy.toml", UNLIMITED), state_dir=state,
         crl=pki_dir.crl, listen="127.0.0.1:0", seed=0,
+        audit_checkpoint_every=1,  # a fresh checkpoint per record, so each answer carries a new one
     )  # fmt: skip
     daemon = build_server(load_teacher(teacher_dir), tls=pki_dir.server_files(), config=config)
     address = f"127.0.0.1:{daemon.port}"
@@ -56,12 +57,12 @@ def audited(
         _, call = stub.GetManifest.with_call(
             pb.GetManifestRequest(request_id="m1"), timeout=TIMEOUT
         )
-        tokens.append(dict(call.trailing_metadata())[CHECKPOINT_METADATA_KEY])
+        tokens.append(dict(call.trailing_metadata())[AUDIT_CHECKPOINT_TRAILER])
         stream = stub.SampleLatents(
             pb.SampleLatentsRequest(request_id="s1", rows=64), timeout=TIMEOUT
         )
         assert sum(b.latents.shape[0] for b in stream) == 64
-        tokens.append(dict(stream.trailing_metadata())[CHECKPOINT_METADATA_KEY])
+        tokens.append(dict(stream.trailing_metadata())[AUDIT_CHECKPOINT_TRAILER])
         bad = pb.DecodeRequest(
             request_id="d1",
             latents=tensor_to_proto(np.full((2, 4), np.nan, np.float32)),
@@ -69,6 +70,13 @@ def audited(
         )
         with pytest.raises(grpc.RpcError):
             stub.Decode(bad, timeout=TIMEOUT)
+        client_config = ClientConfig(server=address, tls=pki_dir.client_files(CLIENT_NAME))
+        with OwnerClient(client_config) as client:
+            latents = client.sample_latents(8)
+            client.decode(latents, np.zeros(8, np.int64))
+            kept_by_client = client.audit_checkpoints
+        assert len(kept_by_client) == 3  # manifest, latents, decode: one fresh token each
+        tokens.extend(kept_by_client)
         outsider = _stub(address, pki_dir, "outsider")
         with pytest.raises(grpc.RpcError) as denied:
             outsider.GetManifest(pb.GetManifestRequest(request_id="o1"), timeout=TIMEOUT)
@@ -135,7 +143,8 @@ def test_audit_verify_cli_passes_an_intact_log_and_names_a_flipped_byte(
     state, tokens = audited
     intact = _verify(state, tokens, tmp_path)
     assert intact.returncode == 0, intact.stdout + intact.stderr
-    assert ": intact;" in intact.stdout and "2 consumer checkpoint(s)" in intact.stdout
+    assert ": intact;" in intact.stdout
+    assert f"{len(tokens)} consumer checkpoint(s)" in intact.stdout
     copy = tmp_path / "state"
     subprocess.run(["cp", "-r", str(state), str(copy)], check=True)
     segment = list_segments(copy / "audit")[0][1]

@@ -196,3 +196,10 @@ def test_serve_shuts_down_gracefully_on_sigterm(
     assert process.returncode == 0, stderr
     assert "received SIGTERM, shutting down" in stderr
     assert "Traceback" not in stderr
+
+
+def test_checkpoints_prints_the_audit_tokens_a_student_received(student_dir: Path) -> None:
+    result = run("consumer", "checkpoints", "--student", str(student_dir))
+    assert result.returncode == 0, result.stderr
+    tokens = result.stdout.split()
+    assert tokens and all(token.count(".") == 1 for token in tokens)
