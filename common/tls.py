@@ -267,6 +267,12 @@ def _auth_values(auth_context: AuthContext, prop: str) -> list[bytes]:
     return list(values)
 
 
+def peer_certificate(auth_context: AuthContext) -> bytes | None:
+    """The PEM of the single verified peer certificate, or None if there is not exactly one."""
+    pems = _auth_values(auth_context, AUTH_CONTEXT_PEER_CERT)
+    return pems[0] if len(pems) == 1 else None
+
+
 def peer_identity(auth_context: AuthContext) -> str | None:
     """Return the consumer URI of an authenticated peer, or None if it has no usable one.
 

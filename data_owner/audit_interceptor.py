@@ -21,7 +21,7 @@ import grpc
 from fair4free.common.codec import AUDIT_CHECKPOINT_TRAILER
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.revocation import certificate_serial
-from fair4free.common.tls import certificate_fingerprint, peer_identity
+from fair4free.common.tls import certificate_fingerprint, peer_certificate, peer_identity
 from fair4free.data_owner.access import request_rows
 from fair4free.data_owner.audit_log import AuditLog
 from fair4free.data_owner.audit_record import AuditEvent, Outcome
@@ -59,8 +59,7 @@ class AuditInterceptor(WrappingInterceptor):
 
     def _started(self, method: str, request: Any, context: grpc.ServicerContext) -> AuditEvent:
         auth = context.auth_context()
-        pems: Any = auth.get("x509_pem_cert") or []
-        pem = bytes(pems[0]) if pems else b""
+        pem = peer_certificate(auth)
         short = method.rpartition("/")[2]
         event = AuditEvent(
             server_id=self._model.server_id,

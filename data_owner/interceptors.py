@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.revocation import RevocationList, certificate_serial
-from fair4free.common.tls import peer_identity
+from fair4free.common.tls import peer_certificate, peer_identity
 from fair4free.data_owner.ledger import BudgetExhaustedError
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,8 @@ class IdentityInterceptor(WrappingInterceptor):
                 )
             if self._revocations is not None:
                 self._revocations.reload_if_changed()
-                serial = certificate_serial(_peer_certificate(context))
+                pem = peer_certificate(context.auth_context())
+                serial = certificate_serial(pem or b"")
                 if self._revocations.is_revoked(serial):
                     raise Fair4FreeError(
                         ErrorCode.UNAUTHENTICATED, f"client certificate {serial:x} is revoked"
@@ -159,12 +160,6 @@ class IdentityInterceptor(WrappingInterceptor):
             return behaviour(request, context)
 
         return run
-
-
-def _peer_certificate(context: grpc.ServicerContext) -> bytes:
-    values = context.auth_context().get("x509_pem_cert") or [b""]
-    value: Any = values[0] if isinstance(values, list | tuple) else values
-    return bytes(value)
 
 
 def caller_identity(context: grpc.ServicerContext) -> str | None:
