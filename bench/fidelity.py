@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fairness weights of the sweep, comma-separated")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
-    parser.add_argument("--steps", type=int, default=DistillConfig.generator_steps)
+    parser.add_argument("--steps", type=int, default=DistillConfig.decoder_steps)
+    parser.add_argument("--bandwidth", type=float, default=DistillConfig.bandwidth)
     parser.add_argument("--pool-rows", type=int, default=DistillConfig.latent_rows)
     parser.add_argument("--cohort-rows", type=int, default=6000)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs,
             distill=DistillConfig(
                 latent_rows=args.pool_rows, decode_rows=args.pool_rows,
-                generator_steps=args.steps, decoder_steps=args.steps, seed=args.seed,
+                decoder_steps=args.steps, bandwidth=args.bandwidth, seed=args.seed,
             ),
         )  # fmt: skip
         document = run(settings, args.data_home, args.cohort_rows)

@@ -95,7 +95,8 @@ def _section(document: dict[str, Any], results_dir: Path) -> list[str]:
         f"(test fraction {settings['test_fraction']}). Teacher: {settings['epochs']} epochs, "
         f"latent {settings['latent_dim']}, hidden {settings['hidden']}; student: "
         f"{distill['latent_rows']} latents and {distill['decode_rows']} decoded rows queried, "
-        f"{distill['generator_steps']} + {distill['decoder_steps']} steps. Each synthetic table "
+        f"kernel bandwidth {distill['bandwidth']}, {distill['decoder_steps']} decoder steps. "
+        "Each synthetic table "
         f"has as many rows as the training split. Produced by commit `{provenance['commit']}` on "
         f"{provenance['utc']} ({provenance['machine']}, torch {provenance['torch']}).",
         "",

@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="new student directory")
     run.add_argument("--latent-rows", type=int, default=DistillConfig.latent_rows)
     run.add_argument("--decode-rows", type=int, default=DistillConfig.decode_rows)
-    run.add_argument("--steps", type=int, default=DistillConfig.generator_steps)
+    run.add_argument("--steps", type=int, default=DistillConfig.decoder_steps,
+                     help="student decoder training steps")  # fmt: skip
+    run.add_argument("--bandwidth", type=float, default=DistillConfig.bandwidth,
+                     help="latent kernel width, share of each axis's spread")  # fmt: skip
     run.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
     run.add_argument("--seed", type=int, default=DistillConfig.seed)
     run.add_argument("--checkpoint-every", type=int, default=DistillConfig.checkpoint_every)
@@ -96,8 +99,8 @@ def _distill(args: argparse.Namespace) -> int:
     config = DistillConfig(
         latent_rows=args.latent_rows,
         decode_rows=args.decode_rows,
-        generator_steps=args.steps,
         decoder_steps=args.steps,
+        bandwidth=args.bandwidth,
         batch_size=args.batch_size,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sensitive", help="sensitive column of --data")
     demo.add_argument("--rows", type=int, default=6000, help="size of the built-in cohort")
     demo.add_argument("--epochs", type=int, default=30, help="teacher training epochs")
-    demo.add_argument("--steps", type=int, default=1500, help="distillation steps per network")
+    demo.add_argument("--steps", type=int, default=1500, help="student decoder training steps")
     demo.add_argument(
         "--pool-rows", type=int, default=10_000, help="latents and decodes to ask for"
     )
@@ -145,7 +145,6 @@ def run_demo(args: argparse.Namespace, work: Path) -> int:
     config = DistillConfig(
         latent_rows=args.pool_rows,
         decode_rows=args.pool_rows,
-        generator_steps=args.steps,
         decoder_steps=args.steps,
         seed=args.seed,
     )

@@ -2,15 +2,14 @@
 
 Phases, each resumable from a work directory beside the output (``<out>.partial``):
 
-1. ``latents``   fetch a pool of teacher latents (SampleLatents);
-2. ``generator`` train noise -> latent with distribution-level losses (MMD + sliced Wasserstein +
-                 moments) against that pool; a pointwise loss would collapse to the mean latent;
-3. ``decoded``   ask the teacher to decode latents where the student will generate (half student
+1. ``latents``   fetch a pool of teacher latents (SampleLatents) and place a kernel density on it
+                 (the student's latent model; see ``student_models`` for why not a trained net);
+2. ``decoded``   ask the teacher to decode latents where the student will generate (half student
                  samples, half teacher latents) for sensitive values drawn uniformly (Decode);
-4. ``decoder``   train the student decoder on those answers (soft cross-entropy per block);
-5. save the student atomically and remove the work directory.
+3. ``decoder``   train the student decoder on those answers (soft cross-entropy per block);
+4. save the student atomically and remove the work directory.
 
-Queries happen only in phases 1 and 3, so an interruption during training costs no new queries.
+Queries happen only in phases 1 and 2, so an interruption during training costs no new queries.
 """
 
 from __future__ import annotations
@@ -31,18 +30,18 @@ import numpy.typing as npt
 import torch
 
 from fair4free.common.codec import ModelManifest
-from fair4free.common.distribution_losses import (
-    collapse_report,
-    mmd_rbf,
-    moment_matching,
-    sliced_wasserstein,
-)
 from fair4free.common.encoding import TableEncoder
 from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.latent_collapse import collapse_report
 from fair4free.common.tabular_heads import reconstruction_loss
 from fair4free.consumer.client import OwnerClient
 from fair4free.consumer.student import Student
-from fair4free.consumer.student_models import LatentGenerator, StudentConfig, StudentDecoder
+from fair4free.consumer.student_models import (
+    DEFAULT_BANDWIDTH,
+    LatentKernelDensity,
+    StudentConfig,
+    StudentDecoder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +54,17 @@ class DistillConfig:
 
     latent_rows: int = 20_000
     decode_rows: int = 20_000
-    generator_steps: int = 2_000
     decoder_steps: int = 2_000
+    bandwidth: float = DEFAULT_BANDWIDTH
     batch_size: int = 512
     learning_rate: float = 1e-3
     seed: int = 0
     checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
-        counts = (self.latent_rows, self.decode_rows, self.generator_steps, self.decoder_steps)
-        if min(counts) < 1 or self.batch_size < 16 or self.learning_rate <= 0:
+        counts = (self.latent_rows, self.decode_rows, self.decoder_steps)
+        bad_rate = not (self.learning_rate > 0 and 0 < self.bandwidth <= 1)
+        if min(counts) < 1 or self.batch_size < 16 or bad_rate:
             raise Fair4FreeError(ErrorCode.CONFIG_INVALID, f"invalid distillation settings: {self}")
         if self.batch_size > min(self.latent_rows, self.decode_rows):
             raise Fair4FreeError(
@@ -128,9 +128,10 @@ def distill(client: OwnerClient, out: Path, config: DistillConfig) -> Student:
         latent_dim=manifest.latent_dim,
         output_dim=manifest.output_dim,
         n_sensitive=len(manifest.sensitive_marginal),
+        pool_rows=config.latent_rows,
+        bandwidth=config.bandwidth,
     )
     torch.manual_seed(config.seed)
-    generator = LatentGenerator(student_config)
     decoder = StudentDecoder(student_config)
     started = time.monotonic()
 
@@ -138,15 +139,15 @@ def distill(client: OwnerClient, out: Path, config: DistillConfig) -> Student:
         logger.info("fetching %d teacher latents", config.latent_rows)
         work.save_array("latents.npy", client.sample_latents(config.latent_rows))
     teacher_latents = torch.from_numpy(work.load_array("latents.npy"))
-    _train_generator(work, generator, teacher_latents, config)
+    latent_model = LatentKernelDensity.from_pool(student_config, teacher_latents)
 
     if not work.has("decoded_outputs.npy"):
-        _collect_decoded(work, client, generator, teacher_latents, student_config, config)
+        _collect_decoded(work, client, latent_model, teacher_latents, student_config, config)
     _train_decoder(work, decoder, encoder, config)
 
-    with torch.no_grad():
-        sampled = generator.sample(min(5000, teacher_latents.shape[0]))
-    report = collapse_report(sampled, teacher_latents[:5000])
+    check_rows = min(5000, teacher_latents.shape[0])
+    sampled = latent_model.sample(check_rows, torch.Generator().manual_seed(config.seed))
+    report = collapse_report(sampled, teacher_latents[:check_rows])
     logger.info(
         "latent spread ratio %.3f, worst axis ratio %.3f, nearest-neighbour ratio %.3f "
         "(1.0 = teacher's; near 0 = collapse)",
@@ -156,7 +157,7 @@ def distill(client: OwnerClient, out: Path, config: DistillConfig) -> Student:
     )
     student = Student(
         config=student_config,
-        generator=generator.eval(),
+        latent_model=latent_model.eval(),
         decoder=decoder.eval(),
         encoder=encoder,
         sensitive_marginal=manifest.sensitive_marginal,
@@ -196,28 +197,10 @@ def _open_work_directory(root: Path, manifest: ModelManifest, config: DistillCon
     return work
 
 
-def _train_generator(
-    work: _WorkDir, generator: LatentGenerator, teacher: torch.Tensor, config: DistillConfig
-) -> None:
-    """Distribution matching of generated latents to teacher latents, resumable by step."""
-
-    def loss_fn(step_generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(0, teacher.shape[0], (config.batch_size,), generator=step_generator)
-        target = teacher[index]  # [batch, latent_dim]
-        fake = generator.sample(config.batch_size, step_generator)  # [batch, latent_dim]
-        return (
-            mmd_rbf(fake, target)
-            + sliced_wasserstein(fake, target, generator=step_generator)
-            + moment_matching(fake, target)
-        )
-
-    _optimise(work, "generator", generator, loss_fn, config.generator_steps, config)
-
-
 def _collect_decoded(
     work: _WorkDir,
     client: OwnerClient,
-    generator: LatentGenerator,
+    latent_model: LatentKernelDensity,
     teacher: torch.Tensor,
     student_config: StudentConfig,
     config: DistillConfig,
@@ -225,8 +208,7 @@ def _collect_decoded(
     """Ask the teacher to decode where the student will sample, and where the teacher does."""
     rng = np.random.default_rng(config.seed)
     half = config.decode_rows // 2
-    with torch.no_grad():
-        own = generator.sample(half, torch.Generator().manual_seed(config.seed)).numpy()
+    own = latent_model.sample(half, torch.Generator().manual_seed(config.seed)).numpy()
     theirs = teacher.numpy()[rng.integers(0, teacher.shape[0], config.decode_rows - half)]
     latents = np.concatenate([own, theirs]).astype(np.float32)
     sensitive = rng.integers(0, student_config.n_sensitive, config.decode_rows).astype(np.int64)

@@ -1,7 +1,7 @@
 """The distilled student as a self-contained local generator: sample, save, load.
 
-A student directory holds both networks, the owner's table encoding (from the manifest) and p(s).
-Generating rows needs nothing else: no server, no further queries.
+A student directory holds its latent model, its decoder, the owner's table encoding (from the
+manifest) and p(s). Generating rows needs nothing else: no server, no further queries.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from fair4free.common.artifacts import read_artifact, write_artifact
 from fair4free.common.encoding import TableEncoder
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.tabular_heads import block_activations
-from fair4free.consumer.student_models import LatentGenerator, StudentConfig, StudentDecoder
+from fair4free.consumer.student_models import LatentKernelDensity, StudentConfig, StudentDecoder
 
 STUDENT_KIND = "fair4free-student"
-STUDENT_FORMAT_VERSION = 1
+STUDENT_FORMAT_VERSION = 2  # 2: kernel-density latent model
 SAMPLE_CHUNK_ROWS = 50_000
 
 
@@ -32,7 +32,7 @@ class Student:
     """A distilled generator of fair synthetic rows in the owner's original schema."""
 
     config: StudentConfig
-    generator: LatentGenerator
+    latent_model: LatentKernelDensity
     decoder: StudentDecoder
     encoder: TableEncoder
     sensitive_marginal: tuple[float, ...]
@@ -59,7 +59,7 @@ class Student:
                 s = np.full(count, fixed)
             s = s.astype(np.int64)
             with torch.no_grad():
-                z = self.generator.sample(count, generator)
+                z = self.latent_model.sample(count, generator)
                 raw = self.decoder(z, torch.from_numpy(s))
                 x = block_activations(raw, self.encoder.blocks).numpy()
             frames.append(self.encoder.decode(x, s, rng=rng))
@@ -84,7 +84,10 @@ class Student:
             "encoding": self.encoder.to_dict(),
             "sensitive_marginal": list(self.sensitive_marginal),
         }
-        weights = {"generator": self.generator.state_dict(), "decoder": self.decoder.state_dict()}
+        weights = {
+            "latent_model": self.latent_model.state_dict(),
+            "decoder": self.decoder.state_dict(),
+        }
         return write_artifact(
             directory,
             kind=STUDENT_KIND,
@@ -104,19 +107,19 @@ class Student:
             config = StudentConfig(**metadata.pop("student_config"))
             encoder = TableEncoder.from_dict(metadata.pop("encoding"))
             marginal = tuple(float(p) for p in metadata.pop("sensitive_marginal"))
-            generator = LatentGenerator(config)
-            generator.load_state_dict(artifact.weights["generator"])
+            latent_model = LatentKernelDensity(config)
+            latent_model.load_state_dict(artifact.weights["latent_model"])
             decoder = StudentDecoder(config)
             decoder.load_state_dict(artifact.weights["decoder"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise Fair4FreeError(
                 ErrorCode.ARTIFACT_CORRUPT, f"{directory}: student does not load: {exc}"
             ) from None
-        generator.eval()
+        latent_model.eval()
         decoder.eval()
         return cls(
             config=config,
-            generator=generator,
+            latent_model=latent_model,
             decoder=decoder,
             encoder=encoder,
             sensitive_marginal=marginal,

@@ -25,7 +25,7 @@ CLIENT_NAME = "test-consumer"
 MAX_ROWS_PER_CALL = 512
 UNLIMITED = {"SampleLatents": 10**9, "Decode": 10**9}
 SMALL_DISTILLATION = DistillConfig(
-    latent_rows=1024, decode_rows=1024, generator_steps=80, decoder_steps=80, batch_size=128
+    latent_rows=1024, decode_rows=1024, decoder_steps=80, batch_size=128
 )
 
 
