@@ -8,7 +8,9 @@ longer matches (a rewritten record, or a tail cut behind that checkpoint). Crash
 writer recorded are reported as gaps, for information: they are not failures.
 
 What it cannot see: lines cut from the tail after the last checkpoint a consumer holds, since the
-owner holds the key; consumers keeping checkpoints is what closes that gap.
+owner holds the key; consumers keeping checkpoints is what closes that gap. Without the public key
+(``public_key=None``, for a quick look at a log) signatures go unchecked, so a log rewritten from
+scratch would pass: only the chain and the consumers' digests are compared.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ CONSUMER_BEYOND: Final = (
     "records were cut from the tail"
 )
 CONSUMER_DISAGREES: Final = "the record differs from the one a consumer's checkpoint ({ts}) signed"
+CHECKPOINTS_UNREADABLE: Final = "cannot read {path}: {why}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,7 +118,7 @@ class VerifyResult:
 class _Walk:
     """The state of one pass over the segments, in order."""
 
-    public_key: Ed25519PublicKey
+    public_key: Ed25519PublicKey | None
     wanted: set[int]
     expected_seq: int = 0
     expected_prev: str = GENESIS
@@ -196,7 +199,8 @@ class _Walk:
             return
         if checkpoint.seq != record["seq"] - 1 or checkpoint.head_hash != record["prev"]:
             self.broken(CHECKPOINT_MISMATCH)
-        if self.signature is None and not checkpoint.is_signed_by(self.public_key):
+        forged = self.public_key is not None and not checkpoint.is_signed_by(self.public_key)
+        if self.signature is None and forged:
             self.signature = Problem(
                 where=self.where, line=self.line, seq=record["seq"], reason=BAD_SIGNATURE
             )
@@ -209,10 +213,13 @@ class _Walk:
 def verify(
     directory: Path,
     *,
-    public_key: Ed25519PublicKey,
+    public_key: Ed25519PublicKey | None,
     consumer_checkpoints: Sequence[SignedCheckpoint] = (),
 ) -> VerifyResult:
     """Check the whole log in ``directory`` against its public key and consumers' checkpoints.
+
+    ``public_key=None`` skips every signature check (see the module docstring for what that
+    misses); callers must say so wherever they report the result.
 
     :raises Fair4FreeError: FILE_NOT_FOUND if ``directory`` does not exist.
     """
@@ -247,7 +254,7 @@ def _consumer_problems(walk: _Walk, checkpoints: Sequence[SignedCheckpoint]) -> 
     problems = []
     for index, checkpoint in enumerate(checkpoints, start=1):
         where = f"consumer checkpoint {index}"
-        if not checkpoint.is_signed_by(walk.public_key):
+        if walk.public_key is not None and not checkpoint.is_signed_by(walk.public_key):
             problems.append(
                 Problem(where=where, line=None, seq=checkpoint.seq, reason=CONSUMER_UNSIGNED)
             )
@@ -270,3 +277,20 @@ def _consumer_problems(walk: _Walk, checkpoints: Sequence[SignedCheckpoint]) -> 
                     Problem(where=segment, line=line, seq=checkpoint.seq, reason=reason)
                 )
     return problems
+
+
+def read_consumer_checkpoints(path: Path) -> list[SignedCheckpoint]:
+    """The tokens a consumer kept, one per line as ``fair4free-consumer checkpoints`` prints them.
+
+    Both ``audit verify`` and ``audit report`` take this file, so they must read it alike.
+
+    :raises Fair4FreeError: FILE_NOT_FOUND if the file cannot be read, AUDIT_CHECKPOINT_INVALID
+        if a token is malformed.
+    """
+    try:
+        tokens = path.read_text().split()
+    except OSError as exc:
+        raise Fair4FreeError(
+            ErrorCode.FILE_NOT_FOUND, CHECKPOINTS_UNREADABLE.format(path=path, why=exc.strerror)
+        ) from None
+    return [SignedCheckpoint.from_compact(token) for token in tokens if token]

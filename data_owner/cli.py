@@ -15,8 +15,14 @@ from fair4free.common.schema import infer_schema
 from fair4free.common.tls import client_identity_uri
 from fair4free.data_owner import datasets, pki
 from fair4free.data_owner.audit_keys import load_public_key
-from fair4free.data_owner.audit_record import SignedCheckpoint
-from fair4free.data_owner.audit_verify import verify
+from fair4free.data_owner.audit_report import build_report
+from fair4free.data_owner.audit_report_render import (
+    FORMATS,
+    check_output,
+    report_format,
+    write_report,
+)
+from fair4free.data_owner.audit_verify import read_consumer_checkpoints, verify
 from fair4free.data_owner.policy import ROW_METHODS, render_policy
 from fair4free.data_owner.registry import load_teacher
 from fair4free.data_owner.server import ServerConfig, build_server, run_until_signalled
@@ -132,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoints", type=Path, help="checkpoint tokens a consumer kept, one per line"
     )
     verify_parser.set_defaults(handler=_audit_verify)
+    report = audit_commands.add_parser(
+        "report", help="summarise the log for a reviewer: per identity, over time, verified first"
+    )
+    report.add_argument("--dir", type=Path, required=True, help="the log: STATE/audit")
+    report.add_argument("--out", type=Path, required=True, help="new report file (never replaced)")
+    report.add_argument("--format", choices=FORMATS, help="default: from --out's suffix, else html")
+    report.add_argument("--pubkey", type=Path, help="check signatures (strongly advised)")
+    report.add_argument("--checkpoints", type=Path, help="checkpoint tokens a consumer kept")
+    report.set_defaults(handler=_audit_report)
 
     serve = commands.add_parser("serve", help="serve model queries over mutual TLS")
     serve.add_argument("--model", type=Path, required=True)
@@ -282,19 +297,8 @@ def _policy_init(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    tokens: list[str] = []
-    if args.checkpoints is not None:
-        try:
-            tokens = [t for t in args.checkpoints.read_text().split() if t]
-        except OSError as exc:
-            raise Fair4FreeError(
-                ErrorCode.FILE_NOT_FOUND, f"cannot read {args.checkpoints}: {exc.strerror}"
-            ) from None
-    result = verify(
-        args.dir,
-        public_key=load_public_key(args.pubkey),
-        consumer_checkpoints=[SignedCheckpoint.from_compact(token) for token in tokens],
-    )
+    tokens = [] if args.checkpoints is None else read_consumer_checkpoints(args.checkpoints)
+    result = verify(args.dir, public_key=load_public_key(args.pubkey), consumer_checkpoints=tokens)
     verdict = "intact" if result.ok else "NOT intact"
     print(
         f"audit log {args.dir}: {verdict}; {result.records} records in {result.segments} "
@@ -305,6 +309,21 @@ def _audit_verify(args: argparse.Namespace) -> int:
     for gap in result.recoveries:
         print(f"crash gap: {gap}")
     return 0 if result.ok else int(ExitCode.INCOMPATIBLE_ARTIFACT)
+
+
+def _audit_report(args: argparse.Namespace) -> int:
+    fmt = args.format or report_format(args.out)
+    check_output(args.out, fmt)  # before the slow part
+    checkpoints = [] if args.checkpoints is None else read_consumer_checkpoints(args.checkpoints)
+    public_key = None if args.pubkey is None else load_public_key(args.pubkey)
+    report = build_report(args.dir, public_key=public_key, consumer_checkpoints=checkpoints)
+    write_report(report, args.out, fmt)
+    print(f"wrote {args.out} ({fmt}): {report.total('calls')} calls by {len(report.identities)} "
+          f"identities, {report.span}")  # fmt: skip
+    print(report.verification.headline)
+    for problem in report.verification.problems:
+        print(f"problem: {problem}")
+    return 0 if report.verification.ok else int(ExitCode.INCOMPATIBLE_ARTIFACT)
 
 
 def _serve(args: argparse.Namespace) -> int:
