@@ -5,11 +5,15 @@ policy, the method is granted, the caller is within its rate, and the call withi
 ``MeteringInterceptor`` charges rows to the caller's budget before the answer exists and records
 the answer under the client's request id, so that a retry gets the same bytes and is never charged
 twice, across restarts too. Both read identity only from the verified TLS peer certificate.
+Metering leaves the caller's budget after the charge in a :class:`BudgetNote` that the audit
+interceptor opened for the call (:func:`noting_budget`), so the terminal audit record states it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +23,13 @@ from google.protobuf.message import Message
 from fair4free.common.codec import BudgetStatus, check_request_id
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.data_owner.interceptors import Behaviour, Guard, WrappingInterceptor, caller_identity
-from fair4free.data_owner.ledger import Ledger, pack_messages, payload_digest, unpack_messages
+from fair4free.data_owner.ledger import (
+    BudgetExhaustedError,
+    Ledger,
+    pack_messages,
+    payload_digest,
+    unpack_messages,
+)
 from fair4free.data_owner.policy import ROW_METHODS, PolicyFile
 from fair4free.data_owner.rate_limit import RateLimiter
 from fair4free.v1 import fair4free_pb2 as pb
@@ -30,6 +40,43 @@ RESPONSE_TYPES: dict[str, Callable[[bytes], Message]] = {
     "Decode": pb.DecodeResponse.FromString,
     "SampleLatents": pb.LatentBatch.FromString,
 }
+
+
+@dataclass(kw_only=True)
+class BudgetNote:
+    """The caller's budget for the call's method right after its charge, as the ledger saw it.
+
+    Python gRPC gives interceptors no per-call state to share, and the audit interceptor sits
+    outside metering; asking the ledger again for the record would cost a second transaction, in
+    which concurrent charges could already have moved the numbers. So metering writes here what
+    its own transaction saw. Both stay ``None`` for a call that was not charged, or was refunded.
+    """
+
+    used: int | None = None
+    remaining: int | None = None
+
+
+_BUDGET_NOTE: ContextVar[BudgetNote | None] = ContextVar("fair4free_budget_note", default=None)
+
+
+@contextmanager
+def noting_budget() -> Iterator[BudgetNote]:
+    """Open the note metering fills for the call that runs inside this block (same thread).
+
+    Leave the block before a streamed answer yields, so the note never outlives its call.
+    """
+    note = BudgetNote()
+    token = _BUDGET_NOTE.set(note)
+    try:
+        yield note
+    finally:
+        _BUDGET_NOTE.reset(token)
+
+
+def _note_budget(*, used: int, remaining: int) -> None:
+    note = _BUDGET_NOTE.get()
+    if note is not None:  # None when metering runs without an audit interceptor around it
+        note.used, note.remaining = used, remaining
 
 
 def request_rows(method: str, request: Any) -> int:
@@ -117,22 +164,28 @@ class MeteringInterceptor(WrappingInterceptor):
         limit = client.budget(method)
         if limit is None:  # the policy loader refuses row methods without budgets
             raise Fair4FreeError(ErrorCode.INTERNAL, f"{method} granted without a budget")
-        reservation = self._ledger.reserve(
-            client.identity,
-            method,
-            request.request_id,
-            request_hash=payload_digest(request.SerializeToString(deterministic=True)),
-            rows=request_rows(method, request),
-            limit=limit,
-        )
-        if reservation.answer is not None:
-            return reservation.answer
         try:
-            answer = compute()
-        except BaseException:
-            self._ledger.release(client.identity, request.request_id)
+            reservation = self._ledger.reserve(
+                client.identity,
+                method,
+                request.request_id,
+                request_hash=payload_digest(request.SerializeToString(deterministic=True)),
+                rows=request_rows(method, request),
+                limit=limit,
+            )
+        except BudgetExhaustedError as exc:
+            _note_budget(used=exc.used, remaining=exc.remaining)
             raise
-        return self._ledger.complete(client.identity, request.request_id, answer)
+        answer = reservation.answer  # a completed earlier attempt's, sent again
+        if answer is None:
+            try:
+                computed = compute()
+            except BaseException:
+                self._ledger.release(client.identity, request.request_id)
+                raise
+            answer = self._ledger.complete(client.identity, request.request_id, computed)
+        _note_budget(used=reservation.used, remaining=reservation.remaining)
+        return answer
 
     def _unary(self, behaviour: Behaviour, method: str) -> Behaviour:
         parse = RESPONSE_TYPES[method]

@@ -6,6 +6,8 @@ started record is fsynced before any work; the terminal record (with the SHA-256
 never the answer) is fsynced before the answer leaves. If the log cannot be written the call fails
 with UNAVAILABLE and the log stays failed: the daemon stops answering rather than answer unlogged.
 The latest signed checkpoint travels back in trailing metadata so the consumer holds evidence too.
+A metered call's terminal record carries the budget metering saw when it charged the call (or
+refused it for an exhausted budget), handed out through a :class:`BudgetNote` opened per call.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from fair4free.common.codec import AUDIT_CHECKPOINT_TRAILER
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.revocation import certificate_serial
 from fair4free.common.tls import certificate_fingerprint, peer_certificate, peer_identity
-from fair4free.data_owner.access import request_rows
+from fair4free.data_owner.access import BudgetNote, noting_budget, request_rows
 from fair4free.data_owner.audit_log import AuditLog
 from fair4free.data_owner.audit_record import AuditEvent, Outcome
 from fair4free.data_owner.interceptors import Behaviour, Guard, WrappingInterceptor
@@ -85,6 +87,7 @@ class AuditInterceptor(WrappingInterceptor):
         started: AuditEvent,
         began: float,
         context: grpc.ServicerContext,
+        budget: BudgetNote,
         *,
         error: BaseException | None = None,
         answer: bytes | None = None,
@@ -108,6 +111,8 @@ class AuditInterceptor(WrappingInterceptor):
                 reason=reason[:1000] if reason else None,
                 rows_returned=rows,
                 response_sha256=None if answer is None else hashlib.sha256(answer).hexdigest(),
+                budget_used=budget.used,
+                budget_remaining=budget.remaining,
             )
         )
         token = self._log.latest_checkpoint().to_compact()
@@ -117,13 +122,14 @@ class AuditInterceptor(WrappingInterceptor):
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             began = time.perf_counter()
             started = self._started(method, request, context)
-            try:
-                response = behaviour(request, context)
-            except Exception as exc:
-                self._finish(started, began, context, error=exc)
-                raise
+            with noting_budget() as budget:
+                try:
+                    response = behaviour(request, context)
+                except Exception as exc:
+                    self._finish(started, began, context, budget, error=exc)
+                    raise
             answer = response.SerializeToString(deterministic=True)
-            self._finish(started, began, context, answer=answer, rows=_rows_in(response))
+            self._finish(started, began, context, budget, answer=answer, rows=_rows_in(response))
             return response
 
         return run
@@ -132,14 +138,15 @@ class AuditInterceptor(WrappingInterceptor):
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             began = time.perf_counter()
             started = self._started(method, request, context)
-            try:
-                messages = list(behaviour(request, context))
-            except Exception as exc:
-                self._finish(started, began, context, error=exc)
-                raise
+            with noting_budget() as budget:  # closed before the first yield
+                try:
+                    messages = list(behaviour(request, context))
+                except Exception as exc:
+                    self._finish(started, began, context, budget, error=exc)
+                    raise
             answer = b"".join(m.SerializeToString(deterministic=True) for m in messages)
             rows = sum(_rows_in(m) or 0 for m in messages)
-            self._finish(started, began, context, answer=answer, rows=rows)
+            self._finish(started, began, context, budget, answer=answer, rows=rows)
             yield from messages
 
         return run

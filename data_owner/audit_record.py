@@ -66,6 +66,7 @@ MAX_TEXT: Final = 1024
 SEGMENT_PATTERN: Final = re.compile(r"audit-(\d{6})\.jsonl")
 
 NOT_JSON: Final = "the line is not a JSON object"
+TOO_DEEP: Final = "the line nests deeper than any record does"
 NOT_CANONICAL: Final = "the line is not canonical JSON"
 BAD_FIELDS: Final = "the record has fields {got}, expected {expected}"
 BAD_VALUE: Final = "the record's {field} is malformed"
@@ -282,6 +283,8 @@ def decode_record(line: bytes) -> dict[str, Any]:
         record = json.loads(line)
     except ValueError:  # includes UnicodeDecodeError
         raise RecordError(NOT_JSON) from None
+    except RecursionError:  # "[[[[..." is valid JSON to the grammar, but not to the stack
+        raise RecordError(TOO_DEEP) from None
     if not isinstance(record, dict):
         raise RecordError(NOT_JSON)
     if set(record) != RECORD_FIELDS:
@@ -307,6 +310,8 @@ def decode_record(line: bytes) -> dict[str, Any]:
         digest = hashlib.sha256(canonical_json(body).encode("ascii")).hexdigest()
     except ValueError:
         raise RecordError(NOT_CANONICAL) from None
+    except RecursionError:  # nesting just shallow enough to parse can be too deep to encode
+        raise RecordError(TOO_DEEP) from None
     if canonical != line:
         raise RecordError(NOT_CANONICAL)
     if digest != record["hash"]:

@@ -1,16 +1,23 @@
-"""Shared fixtures: real PKI material, a small trained teacher, a live mTLS daemon on loopback."""
+"""Shared fixtures: real PKI material, a small trained teacher, a live mTLS daemon on loopback.
+
+Also the daemon as a real subprocess, for tests that kill it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pandas as pd
 import pytest
 
 from fair4free.common.schema import TableSchema
-from fair4free.common.tls import client_identity_uri
+from fair4free.common.tls import channel_credentials, client_identity_uri
 from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.consumer.distillation import DistillConfig, distill
 from fair4free.data_owner import datasets
@@ -20,6 +27,7 @@ from fair4free.data_owner.registry import load_teacher
 from fair4free.data_owner.server import ServerConfig, build_server
 from fair4free.data_owner.train_pipeline import train_to_directory
 from fair4free.data_owner.training import TrainingConfig
+from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
 
 CLIENT_NAME = "test-consumer"
 MAX_ROWS_PER_CALL = 512
@@ -89,6 +97,51 @@ def server_address(
     daemon = build_server(load_teacher(teacher_dir), tls=pki_dir.server_files(), config=config)
     yield f"127.0.0.1:{daemon.port}"
     daemon.stop(0)
+
+
+def start_daemon(
+    teacher_dir: Path, pki_dir: PkiLayout, state: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``fair4free-owner serve`` on ``state`` (policy in ``state/policy.toml``), once it serves.
+
+    Its stderr goes to ``state/daemon.log``, so a daemon that refuses to (re)start says why.
+    """
+    ready = state / f"ready-{time.monotonic_ns()}"
+    with (state / "daemon.log").open("ab") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fair4free.data_owner", "serve", "--model", str(teacher_dir),
+             "--pki", str(pki_dir.root), "--policy", str(state / "policy.toml"),
+             "--state-dir", str(state), "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            log = (state / "daemon.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"the daemon did not start:\n{log}")
+        time.sleep(0.05)
+    return process, ready.read_text()
+
+
+StubFactory = Callable[[str], pb_grpc.OwnerServiceStub]
+
+
+@pytest.fixture
+def stub_factory(pki_dir: PkiLayout) -> Iterator[StubFactory]:
+    """Stubs for the test client on fresh channels to an address, all closed after the test."""
+    channels: list[grpc.Channel] = []
+
+    def make(address: str) -> pb_grpc.OwnerServiceStub:
+        files = pki_dir.client_files(CLIENT_NAME)
+        credentials = channel_credentials(ca=files.ca, cert=files.cert, key=files.key)
+        channels.append(grpc.secure_channel(address, credentials))
+        return pb_grpc.OwnerServiceStub(channels[-1])
+
+    yield make
+    for channel in channels:
+        channel.close()
 
 
 @pytest.fixture

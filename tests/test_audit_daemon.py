@@ -1,7 +1,7 @@
 """The daemon's audit log, end to end: every call recorded, checkpoints, ``audit verify``.
 
-Denials included; the client gets signed checkpoints; the CLI proves the log intact or names the
-damage.
+Denials included; metered calls state the budget left; the client gets signed checkpoints; the CLI
+proves the log intact or names the damage.
 """
 
 from __future__ import annotations
@@ -110,6 +110,62 @@ def test_every_call_has_a_started_and_a_terminal_record(audited: tuple[Path, lis
     denial = by_request[("o1", "denied")]
     assert denial["identity"] == client_identity_uri("outsider")
     assert denial["grpc_status"] == "PERMISSION_DENIED"
+
+
+def test_metered_records_state_the_budget_the_ledger_charged(
+    tmp_path: Path, teacher_dir: Path, pki_dir: PkiLayout
+) -> None:
+    budgets = {"SampleLatents": 100, "Decode": 50}
+    config = ServerConfig(
+        policy=write_policy(tmp_path / "policy.toml", budgets), state_dir=tmp_path,
+        crl=pki_dir.crl, listen="127.0.0.1:0", seed=0,
+    )  # fmt: skip
+    daemon = build_server(load_teacher(teacher_dir), tls=pki_dir.server_files(), config=config)
+    stub = _stub(f"127.0.0.1:{daemon.port}", pki_dir, CLIENT_NAME)
+
+    def sample(request_id: str) -> None:
+        request = pb.SampleLatentsRequest(request_id=request_id, rows=40)
+        assert sum(b.latents.shape[0] for b in stub.SampleLatents(request, timeout=TIMEOUT)) == 40
+
+    def decode(request_id: str, fill: float) -> None:
+        latents = tensor_to_proto(np.full((8, 4), fill, np.float32))
+        sensitive = tensor_to_proto(np.zeros(8, np.int64))
+        request = pb.DecodeRequest(request_id=request_id, latents=latents, sensitive=sensitive)
+        stub.Decode(request, timeout=TIMEOUT)
+
+    try:
+        sample("s1")
+        sample("s2")
+        with pytest.raises(grpc.RpcError) as exhausted:
+            sample("s3")
+        assert exhausted.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        decode("d1", 0.0)
+        with pytest.raises(grpc.RpcError) as invalid:
+            decode("d2", np.nan)  # charged, then refunded: no budget to state
+        assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        sample("s1")  # a replay: answered again, not charged again
+        manifest = stub.GetManifest(pb.GetManifestRequest(request_id="m1"), timeout=TIMEOUT)
+        identity = client_identity_uri(CLIENT_NAME)
+        in_ledger = {method: daemon.ledger.used(identity, method) for method in budgets}
+    finally:
+        daemon.stop(0)
+    terminal = [
+        (e["request_id"], e["outcome"], e.get("budget_used"), e.get("budget_remaining"))
+        for e in _events(tmp_path)
+        if e["outcome"] != "started"
+    ]
+    assert terminal == [
+        ("s1", "completed", 40, 60),
+        ("s2", "completed", 80, 20),
+        ("s3", "denied", 80, 20),
+        ("d1", "completed", 8, 42),
+        ("d2", "failed", None, None),
+        ("s1", "completed", 80, 20),
+        ("m1", "completed", None, None),  # not metered
+    ]
+    remaining = {budget.method: budget.remaining for budget in manifest.budgets}
+    assert remaining == {"SampleLatents": 20, "Decode": 42}
+    assert in_ledger == {"SampleLatents": 80, "Decode": 8}
 
 
 def test_the_log_holds_hashes_never_payloads(audited: tuple[Path, list[str]]) -> None:

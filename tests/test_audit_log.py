@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,9 @@ from fair4free.data_owner.audit_log import (
 )
 from fair4free.data_owner.audit_record import (
     BAD_CHECKPOINT,
+    BAD_HASH,
     GENESIS,
+    TOO_DEEP,
     AuditEvent,
     Outcome,
     SignedCheckpoint,
@@ -337,32 +340,42 @@ def test_a_crash_is_recovered_torn_line_cut_and_open_requests_failed(tmp_path: P
     ]
 
 
-def test_a_final_line_that_does_not_hash_is_cut_but_earlier_damage_refuses_to_open(
-    tmp_path: Path, key: Ed25519PrivateKey
+def hash_broken(line: bytes) -> bytes:
+    """A line that still ends in a newline, but whose content no longer hashes."""
+    return line.replace(b'"close"', b'"clos3"').replace(b'"r0"', b'"r9"')
+
+
+def nested_too_deep(line: bytes) -> bytes:
+    """A line the JSON parser cannot descend: it once escaped as a RecursionError."""
+    return b"[" * 100_000 + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("garble", "why"), [(hash_broken, BAD_HASH), (nested_too_deep, TOO_DEEP)], ids=["hash", "deep"]
+)
+def test_a_final_line_that_is_no_record_is_cut_but_earlier_damage_refuses_to_open(
+    tmp_path: Path, key: Ed25519PrivateKey, garble: Callable[[bytes], bytes], why: str
 ) -> None:
     segment = tmp_path / "audit-000001.jsonl"
 
-    def garble_closing_line() -> bytes:
+    def garble_line(index: int) -> bytes:
         lines = segment.read_bytes().splitlines(keepends=True)
-        garbled = lines[-1].replace(b'"close"', b'"clos3"')  # a newline, but it does not hash
-        segment.write_bytes(b"".join([*lines[:-1], garbled]))
-        return garbled
+        lines[index] = garble(lines[index])
+        segment.write_bytes(b"".join(lines))
+        return lines[index]
 
     with AuditLog.open(tmp_path, signing_key=key) as log:
         for i in range(3):
             log.append(event(f"r{i}", outcome="denied"))
-    garbled = garble_closing_line()
+    garbled = garble_line(-1)  # the closing checkpoint
     with AuditLog.open(tmp_path, signing_key=key):
         pass
     recovery = next(r for r in records_of(tmp_path) if r["kind"] == "recovery")
     assert recovery["event"]["truncated_bytes"] == len(garbled)
     assert verify(tmp_path, public_key=key.public_key()).ok
-    garble_closing_line()  # the last clean close is gone: opening reads back to the start
-    lines = segment.read_bytes().splitlines(keepends=True)
-    segment.write_bytes(b"".join([lines[0], lines[1].replace(b"r0", b"r9"), *lines[2:]]))
-    message = DAMAGED.format(
-        segment=segment.name, line=2, why="the record's hash does not match its content"
-    )
+    garble_line(-1)  # the last clean close is gone: opening reads back to the start
+    garble_line(1)  # the first request's record
+    message = DAMAGED.format(segment=segment.name, line=2, why=why)
     with pytest.raises(Fair4FreeError, match=re.escape(message)):
         AuditLog.open(tmp_path, signing_key=key)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,12 @@ from fair4free.data_owner.audit_log import AuditLog
 from fair4free.data_owner.audit_record import (
     BAD_HASH,
     GENESIS,
+    TOO_DEEP,
     UNDOCUMENTED,
     AuditEvent,
+    RecordError,
     SignedCheckpoint,
+    decode_record,
     encode_record,
     line_digest,
     list_segments,
@@ -284,6 +288,24 @@ def test_a_missing_or_unsealed_segment_is_named(log: Log) -> None:
     log.segment(2).unlink()
     missing = MISSING_SEGMENT.format(name="audit-000002.jsonl")
     assert log.verify()[0] == f"audit-000003.jsonl line 1 (seq {expected}): {missing}"
+
+
+def test_a_line_nested_too_deep_to_parse_is_named(log: Log) -> None:
+    lines = log.lines(1)
+    lines[4] = b"[" * 100_000 + b"\n"
+    log.write(1, lines)
+    assert log.verify()[0] == f"{SEGMENT_1} line 5 (seq 4): {TOO_DEEP}"
+
+
+def test_no_nesting_depth_escapes_the_record_check() -> None:
+    """Near the stack limit a line can parse and still be too deep to re-encode for its hash."""
+    limit = sys.getrecursionlimit()
+    for depth in range(limit - 300, limit + 10):
+        nested = b"[" * depth + b"]" * depth
+        line = b'{"event":{"reason":%s},"hash":"%s","kind":"event","prev":"%s","seq":0,"ts":"%s"}'
+        line %= (nested, b"0" * 64, GENESIS.encode(), b"2024-01-01T00:00:00.000000Z")
+        with pytest.raises(RecordError, match=f"^({re.escape(BAD_HASH)}|{TOO_DEEP})$"):
+            decode_record(line)
 
 
 def test_an_undocumented_field_is_refused_even_with_a_valid_hash(log: Log) -> None:

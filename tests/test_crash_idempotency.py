@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from conftest import CLIENT_NAME, write_policy
-from fair4free.common.tls import channel_credentials
+from conftest import StubFactory, start_daemon, write_policy
 from fair4free.data_owner.pki import PkiLayout
 from fair4free.v1 import fair4free_pb2 as pb
 from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
@@ -23,38 +19,6 @@ from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
 ROWS = 400
 MAX_REQUESTS = 5000
 BUDGET = 10**8
-
-
-def _start(
-    teacher_dir: Path, pki_dir: PkiLayout, state: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    ready = state / f"ready-{time.monotonic_ns()}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fair4free.data_owner", "serve", "--model", str(teacher_dir),
-         "--pki", str(pki_dir.root), "--policy", str(state / "policy.toml"),
-         "--state-dir", str(state), "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert process.poll() is None and time.monotonic() < deadline, "daemon did not start"
-        time.sleep(0.05)
-    return process, ready.read_text()
-
-
-@pytest.fixture
-def stub_factory(pki_dir: PkiLayout) -> Iterator[object]:
-    channels: list[grpc.Channel] = []
-
-    def make(address: str) -> pb_grpc.OwnerServiceStub:
-        files = pki_dir.client_files(CLIENT_NAME)
-        credentials = channel_credentials(ca=files.ca, cert=files.cert, key=files.key)
-        channels.append(grpc.secure_channel(address, credentials))
-        return pb_grpc.OwnerServiceStub(channels[-1])
-
-    yield make
-    for channel in channels:
-        channel.close()
 
 
 def _ask(stub: pb_grpc.OwnerServiceStub, request_id: str) -> bytes:
@@ -67,10 +31,10 @@ def test_sigkill_between_charge_and_answer_never_charges_twice(
     tmp_path: Path,
     teacher_dir: Path,
     pki_dir: PkiLayout,
-    stub_factory,  # type: ignore[no-untyped-def]
+    stub_factory: StubFactory,
 ) -> None:
     write_policy(tmp_path / "policy.toml", {"SampleLatents": BUDGET, "Decode": BUDGET})
-    process, address = _start(teacher_dir, pki_dir, tmp_path)
+    process, address = start_daemon(teacher_dir, pki_dir, tmp_path)
     stub = stub_factory(address)
     answers: dict[str, bytes] = {}
     attempted: list[str] = []
@@ -91,7 +55,7 @@ def test_sigkill_between_charge_and_answer_never_charges_twice(
     worker.join(timeout=30)
     assert len(answers) < len(attempted) < MAX_REQUESTS, "the kill interrupted no request"
 
-    process, address = _start(teacher_dir, pki_dir, tmp_path)
+    process, address = start_daemon(teacher_dir, pki_dir, tmp_path)
     try:
         stub = stub_factory(address)
         for request_id in attempted:  # a retrying client: every id again, answered or not
