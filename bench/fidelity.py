@@ -2,6 +2,7 @@
 
     python -m bench.fidelity --dataset adult --data-home ../shared/datasets
     python -m bench.fidelity --dataset compas --data-home ../shared/datasets
+    python -m bench.fidelity --dataset csv --data my.csv --target outcome --sensitive group
     python -m bench.report            # regenerate docs/results.md from every results file
 
 For one dataset and one seeded split, in one run: the real training rows; the teacher's own
@@ -18,22 +19,21 @@ import dataclasses
 import functools
 import json
 import logging
-import platform
 import resource
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
 
+from bench.provenance import provenance, timed
 from fair4free.common.cli_support import configure_logging, run_cli
+from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.metrics import EvaluationReport, evaluate_synthetic
 from fair4free.common.schema import TableSchema
 from fair4free.common.tls import client_identity_uri
@@ -52,7 +52,6 @@ logger = logging.getLogger("bench.fidelity")
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_WEIGHTS = (0.0, 2.0, 5.0, 10.0, 20.0)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +68,15 @@ class BenchSettings:
     hidden: int = 128
     distill: DistillConfig = DistillConfig()
     max_quality_rows: int = 5000
+
+
+@dataclass(frozen=True, kw_only=True)
+class CsvSource:
+    """The user's own table: the same benchmark, unchanged, on any binary-target CSV."""
+
+    path: Path
+    target: str
+    sensitive: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,14 +97,16 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _timed(action: Callable[[], T]) -> tuple[T, float]:
-    started = time.perf_counter()
-    result = action()
-    return result, round(time.perf_counter() - started, 4)
-
-
-def load_dataset(name: str, data_home: Path | None, rows: int) -> datasets.TabularDataset:
+def load_dataset(
+    name: str, data_home: Path | None, rows: int, csv: CsvSource | None = None
+) -> datasets.TabularDataset:
     """The benchmark datasets by name; the cohort is the built-in generated one."""
+    if name == "csv":
+        if csv is None:
+            raise Fair4FreeError(
+                ErrorCode.CONFIG_INVALID, "--dataset csv needs --data, --target and --sensitive"
+            )
+        return datasets.load_csv_dataset(csv.path, target=csv.target, sensitive=csv.sensitive)
     if name == "cohort":
         return datasets.make_cohort(rows, seed=0)
     home = datasets.resolve_data_home(data_home)
@@ -106,7 +116,14 @@ def load_dataset(name: str, data_home: Path | None, rows: int) -> datasets.Tabul
 def teacher_samples(teacher: Teacher, rows: int, seed: int) -> pd.DataFrame:
     """The teacher's own decoded samples, as the owner could make them (no distillation)."""
     rng = np.random.default_rng(seed)
-    latents = queries.sample_latents(teacher, rows, rng)
+    return decode_with_teacher(teacher, queries.sample_latents(teacher, rows, rng), rng)
+
+
+def decode_with_teacher(
+    teacher: Teacher, latents: npt.NDArray[np.float32], rng: np.random.Generator
+) -> pd.DataFrame:
+    """Rows in the original schema for ``latents``, each with s drawn from p(s)."""
+    rows = int(latents.shape[0])
     marginal = np.asarray(teacher.encoder.sensitive_marginal)
     sensitive = rng.choice(len(marginal), size=rows, p=marginal).astype(np.int64)
     outputs = np.concatenate(
@@ -118,9 +135,10 @@ def teacher_samples(teacher: Teacher, rows: int, seed: int) -> pd.DataFrame:
     return teacher.encoder.decode(outputs, sensitive, rng=rng)
 
 
-def _evaluate(
+def evaluate_rows(
     frame: pd.DataFrame, test: pd.DataFrame, schema: TableSchema, settings: BenchSettings
 ) -> dict[str, float | int | None]:
+    """Score one table the one way every row of every benchmark table is scored."""
     report: EvaluationReport = evaluate_synthetic(
         frame,
         test,
@@ -153,16 +171,21 @@ def two_party_student(
     try:
         client_config = ClientConfig(server=f"127.0.0.1:{port}", tls=layout.client_files("bench"))
         with OwnerClient(client_config) as client:
-            student, seconds = _timed(lambda: distill(client, work / "student", settings.distill))
+            student, seconds = timed(lambda: distill(client, work / "student", settings.distill))
     finally:
         daemon.stop(0)
     return student, seconds
 
 
-def run(settings: BenchSettings, data_home: Path | None, cohort_rows: int) -> dict[str, Any]:
+def run(
+    settings: BenchSettings,
+    data_home: Path | None,
+    cohort_rows: int,
+    csv: CsvSource | None = None,
+) -> dict[str, Any]:
     """The whole benchmark for one dataset; returns the results document."""
     torch.manual_seed(settings.seed)
-    dataset = load_dataset(settings.dataset, data_home, cohort_rows)
+    dataset = load_dataset(settings.dataset, data_home, cohort_rows, csv)
     schema = dataset.schema()
     train, test = datasets.split_table(
         dataset.frame, target=schema.target, test_fraction=settings.test_fraction,
@@ -174,7 +197,7 @@ def run(settings: BenchSettings, data_home: Path | None, cohort_rows: int) -> di
     def score(
         name: str, method: str, weight: float | None, frame: pd.DataFrame, seconds: dict[str, float]
     ) -> dict[str, float | int | None]:
-        report, seconds["evaluate"] = _timed(lambda: _evaluate(frame, test, schema, settings))
+        report, seconds["evaluate"] = timed(lambda: evaluate_rows(frame, test, schema, settings))
         generate = seconds.get("generate")
         rate = None if generate is None else round(len(frame) / max(generate, 1e-9))
         rows.append(
@@ -201,14 +224,14 @@ def run(settings: BenchSettings, data_home: Path | None, cohort_rows: int) -> di
             training = TrainingConfig(
                 epochs=settings.epochs, fairness_weight=weight, seed=settings.seed
             )
-            _, train_seconds = _timed(
+            _, train_seconds = timed(
                 functools.partial(
                     train_to_directory, train, schema, out=model_dir, dataset_name=dataset.name,
                     latent_dim=settings.latent_dim, hidden=settings.hidden, training=training,
                 )
             )  # fmt: skip
             teacher = load_teacher(model_dir)
-            frame, sample_seconds = _timed(
+            frame, sample_seconds = timed(
                 functools.partial(teacher_samples, teacher, len(train), settings.seed)
             )
             score(f"teacher samples, weight {weight:g}",
@@ -217,7 +240,7 @@ def run(settings: BenchSettings, data_home: Path | None, cohort_rows: int) -> di
             if weight != settings.default_weight:
                 continue
             student, distill_seconds = two_party_student(model_dir, work, settings)
-            frame, sample_seconds = _timed(
+            frame, sample_seconds = timed(
                 functools.partial(student.sample, len(train), seed=settings.seed)
             )
             score(f"two-party student, weight {weight:g}", "student", weight, frame,
@@ -237,7 +260,7 @@ def run(settings: BenchSettings, data_home: Path | None, cohort_rows: int) -> di
         "settings": _jsonable(dataclasses.asdict(settings)),
         "student_collapse": collapse,
         "rows": [dataclasses.asdict(row) for row in rows],
-        "provenance": _provenance(),
+        "provenance": torch_provenance(),
     }
 
 
@@ -250,25 +273,12 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _provenance() -> dict[str, str]:
-    """Which code and machine produced the numbers."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-            text=True, check=True, cwd=Path(__file__).parent,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", ""
+def torch_provenance() -> dict[str, str]:
+    """Which code and machine produced the numbers, and the torch that ran them."""
     return {
-        "commit": commit + ("+uncommitted changes" if dirty else ""),
-        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "python": platform.python_version(),
+        **provenance(),
         "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch_threads": str(torch.get_num_threads()),
     }
 
 
@@ -279,7 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dataset", choices=["adult", "compas", "cohort"], required=True)
+    parser.add_argument("--dataset", choices=["adult", "compas", "cohort", "csv"], required=True)
+    parser.add_argument("--data", type=Path, help="with --dataset csv: your own CSV")
+    parser.add_argument("--target", help="with --dataset csv: the binary target column")
+    parser.add_argument("--sensitive", help="with --dataset csv: the sensitive column")
     parser.add_argument("--data-home", type=Path, help=f"or ${datasets.DATA_HOME_ENV}")
     parser.add_argument("--weights", default=",".join(f"{w:g}" for w in DEFAULT_WEIGHTS),
                         help="fairness weights of the sweep, comma-separated")  # fmt: skip
@@ -309,13 +322,17 @@ def main(argv: list[str] | None = None) -> int:
                 decoder_steps=args.steps, bandwidth=args.bandwidth, seed=args.seed,
             ),
         )  # fmt: skip
-        document = run(settings, args.data_home, args.cohort_rows)
+        csv = None
+        if None not in (args.data, args.target, args.sensitive):
+            csv = CsvSource(path=args.data, target=args.target, sensitive=args.sensitive)
+        document = run(settings, args.data_home, args.cohort_rows, csv)
+        name = document["dataset"].lower()
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"fidelity-{args.dataset}.json"
+        path = args.out / f"fidelity-{name}.json"
         path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         from bench.report import render_frontier
 
-        render_frontier(document, args.out / f"frontier-{args.dataset}.png")
+        render_frontier(document, args.out / f"frontier-{name}.png")
         print(f"wrote {path}")
         return 0
 

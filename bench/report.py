@@ -98,7 +98,8 @@ def _section(document: dict[str, Any], results_dir: Path) -> list[str]:
         f"kernel bandwidth {distill['bandwidth']}, {distill['decoder_steps']} decoder steps. "
         "Each synthetic table "
         f"has as many rows as the training split. Produced by commit `{provenance['commit']}` on "
-        f"{provenance['utc']} ({provenance['machine']}, torch {provenance['torch']}).",
+        f"{provenance['utc']} ({provenance['machine']}, torch {provenance['torch']} on "
+        f"{provenance.get('torch_threads', '?')} threads).",
         "",
     ]
     bar = BARS.get(document["dataset"])
@@ -116,6 +117,28 @@ def _section(document: dict[str, Any], results_dir: Path) -> list[str]:
     plot = results_dir / f"frontier-{document['dataset'].lower()}.png"
     if plot.exists():
         lines += ["", f"![{document['dataset']} frontier](../bench/results/{plot.name})"]
+    return lines + [""]
+
+
+def _latent_section(document: dict[str, Any]) -> list[str]:
+    """The latent-model ablation: the teacher's decoder fed by each candidate latent model."""
+    keys = ("dpr", "accuracy", "auroc", "density", "coverage", "authenticity")
+    lines = [
+        f"### {document['dataset']}: latent models behind the teacher's decoder",
+        "",
+        f"`python -m bench.latent_models`: the default teacher's own decoder turns "
+        f"{document['train_rows']} latents from each model into rows, scored like the table "
+        f"above; fitted models see a pool of {document['pool_rows']} released latents, as the "
+        f"student does. NN ratio: mean nearest-neighbour distance of the latents against the "
+        f"pool's (below 1: samples bunch together). Commit `{document['provenance']['commit']}`.",
+        "",
+        "| latent model | DPR | Acc | AUROC | Density | Coverage | Auth | NN ratio | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in document["rows"]:
+        cells = " | ".join(_cell(row["report"][key]) for key in keys)
+        nn = row["collapse"]["nn_distance_ratio"]
+        lines.append(f"| {row['name']} | {cells} | {nn:.2f} | {row['fit_and_draw_seconds']:.1f} |")
     return lines + [""]
 
 
@@ -137,8 +160,12 @@ def render_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> Path:
         "rows (density and coverage with k = 5, alpha-precision, beta-recall, authenticity).",
         "",
     ]
+    ablations = [json.loads(path.read_text()) for path in results_dir.glob("latent-models-*.json")]
+    ablation_of = {document["dataset"]: document for document in ablations}
     for document in documents:
         lines += _section(document, results_dir)
+        if document["dataset"] in ablation_of:
+            lines += _latent_section(ablation_of[document["dataset"]])
     if not documents:
         lines += ["No results yet: run `python -m bench.fidelity --dataset adult`.", ""]
     page.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from fair4free.data_owner.teacher import FairVAE, TeacherConfig
 from fair4free.data_owner.training import TrainingConfig, TrainingSummary
 
 TEACHER_KIND = "fair4free-teacher"
-TEACHER_FORMAT_VERSION = 1
+TEACHER_FORMAT_VERSION = 2  # 2: the encoder sees s
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,10 +39,12 @@ class Teacher:
     metadata: dict[str, Any]
 
 
-def posterior_bank(model: FairVAE, x: npt.NDArray[np.float32]) -> tuple[torch.Tensor, torch.Tensor]:
+def posterior_bank(
+    model: FairVAE, x: npt.NDArray[np.float32], s: npt.NDArray[np.int64]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior parameters of every training row, computed once at save time."""
     with torch.no_grad():
-        mu, logvar = model.encode(torch.from_numpy(x))
+        mu, logvar = model.encode(torch.from_numpy(x), torch.from_numpy(s))
     return mu.contiguous(), logvar.contiguous()
 
 
@@ -52,13 +54,14 @@ def save_teacher(
     model: FairVAE,
     encoder: TableEncoder,
     x_train: npt.NDArray[np.float32],
+    s_train: npt.NDArray[np.int64],
     training_config: TrainingConfig,
     summary: TrainingSummary,
     dataset_name: str,
     extra: dict[str, Any] | None = None,
 ) -> str:
     """Write a teacher directory; returns its content hash. Refuses to overwrite."""
-    mu, logvar = posterior_bank(model, x_train)
+    mu, logvar = posterior_bank(model, x_train, s_train)
     metadata = {
         "dataset": dataset_name,
         "training_rows": int(x_train.shape[0]),

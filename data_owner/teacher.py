@@ -1,9 +1,14 @@
 """The fair teacher: a tabular VAE whose latent is pushed towards independence of s.
 
-Encoder: x (features and target, never s) -> q(z | x) = N(mu, diag(exp(logvar))).
+Encoder: (x, s) -> q(z | x, s) = N(mu, diag(exp(logvar))), x being the features and the target.
 Decoder: the feature blocks come from (z, s); the target block comes from z alone. Features may
 depend on s (a generated record stays internally consistent), but since z is penalised towards
 independence of s and the target sees only z, the released labels carry no path from s.
+
+The encoder sees s so that it can encode where a record stands *within* its group (priors high for
+its group, say) rather than drop every trace of a proxy: the former is independent of s and lets
+the decoder rebuild the proxy from (z, s). Without s the encoder cannot tell the two apart, and on
+COMPAS at fairness weight 5 coverage fell from 0.93 to 0.90 and DPR from 0.99 to 0.78.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ class FairVAE(nn.Module):
     def __init__(self, config: TeacherConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = mlp(config.input_dim, config.hidden, config.depth, 2 * config.latent_dim)
+        self.encoder = mlp(
+            config.input_dim + config.n_sensitive, config.hidden, config.depth, 2 * config.latent_dim
+        )
         feature_dim = config.target_start
         target_dim = config.input_dim - config.target_start
         self.feature_decoder = mlp(
@@ -51,9 +58,10 @@ class FairVAE(nn.Module):
         )
         self.target_decoder = mlp(config.latent_dim, config.hidden, config.depth, target_dim)
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior parameters (mu, logvar), each [n, latent_dim]."""
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        s_onehot = F.one_hot(s, self.config.n_sensitive).to(x.dtype)  # [n, n_sensitive]
+        mu, logvar = self.encoder(torch.cat([x, s_onehot], dim=1)).chunk(2, dim=1)
         return mu, logvar.clamp(-10.0, 10.0)
 
     def decode_raw(self, z: Tensor, s: Tensor) -> Tensor:
@@ -63,15 +71,9 @@ class FairVAE(nn.Module):
         target = self.target_decoder(z)  # [n, input_dim - target_start]
         return torch.cat([features, target], dim=1)
 
-    def sample_posterior(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One reparameterised draw z ~ q(z | x) per row."""
-        mu, logvar = self.encode(x)
-        noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
-        return mu + noise * (0.5 * logvar).exp()
-
     def forward(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Returns (raw reconstruction, z, mu, logvar) for a training batch."""
-        mu, logvar = self.encode(x)
+        mu, logvar = self.encode(x, s)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         return self.decode_raw(z, s), z, mu, logvar
 

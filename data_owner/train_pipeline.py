@@ -70,6 +70,7 @@ def train_to_directory(
         model=model,
         encoder=encoder,
         x_train=x,
+        s_train=s,
         training_config=training,
         summary=summary,
         dataset_name=dataset_name,

@@ -31,7 +31,9 @@ class TrainingConfig:
     epochs: int = 20
     batch_size: int = 256
     learning_rate: float = 1e-3
-    fairness_weight: float = 10.0
+    # 5 by the benchmark (seed 0): at 10 the s-aware encoder cost Adult AUROC 0.87 -> 0.76 and
+    # COMPAS coverage 0.93 -> 0.85; at 5 both keep DPR >= 0.99.
+    fairness_weight: float = 5.0
     kl_weight: float = 0.1
     seed: int = 0
 

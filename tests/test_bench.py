@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from bench.report import render_page
+from fair4free.data_owner.datasets import make_cohort
+from fair4free.data_owner.training import TrainingConfig
 
 ROOT = Path(__file__).parent.parent
 
@@ -18,18 +20,19 @@ ROOT = Path(__file__).parent.parent
 def test_fidelity_benchmark_writes_results_plot_and_page(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "bench.fidelity", "--dataset", "cohort", "--cohort-rows", "1200",
-        "--epochs", "2", "--steps", "30", "--pool-rows", "600", "--weights", "0,10",
+        "--epochs", "2", "--steps", "30", "--pool-rows", "600", "--weights", "0",
         "--out", str(tmp_path),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    default = f"weight {TrainingConfig.fairness_weight:g}"  # the sweep always includes it
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "fidelity-cohort.json").read_text())
     names = [row["name"] for row in document["rows"]]
     assert names == [
         "real training rows",
         "teacher samples, weight 0",
-        "teacher samples, weight 10",
-        "two-party student, weight 10",
+        f"teacher samples, {default}",
+        f"two-party student, {default}",
     ]
     assert document["train_rows"] + document["test_rows"] == 1200
     assert document["provenance"]["commit"]
@@ -37,5 +40,71 @@ def test_fidelity_benchmark_writes_results_plot_and_page(tmp_path: Path) -> None
 
     page = render_page(tmp_path, tmp_path / "results.md").read_text()
     student = document["rows"][-1]["report"]
-    assert f"| two-party student, weight 10 | {student['dpr']:.3f} |" in page
+    assert f"| two-party student, {default} | {student['dpr']:.3f} |" in page
     assert "frontier-cohort.png" in page
+
+
+def _tiny(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args, "--epochs", "2", "--pool-rows", "600"]
+
+
+@pytest.mark.slow
+def test_fidelity_benchmark_runs_unchanged_on_a_csv_with_a_three_valued_sensitive_column(
+    tmp_path: Path,
+) -> None:
+    table = tmp_path / "clinic.csv"
+    make_cohort(1200, seed=3).frame.to_csv(table, index=False)
+    command = _tiny(
+        "bench.fidelity", "--dataset", "csv", "--data", str(table), "--target", "readmitted",
+        "--sensitive", "referral", "--steps", "30", "--weights", "0", "--out", str(tmp_path),
+    )  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "fidelity-clinic.json").read_text())
+    assert (document["target"], document["sensitive"]) == ("readmitted", "referral")
+    student = document["rows"][-1]
+    assert student["method"] == "student"
+    assert student["report"]["dpr"] is not None  # fairness over three groups, not two
+
+
+def test_csv_benchmark_without_its_columns_is_a_one_line_error(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench.fidelity", "--dataset", "csv", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --dataset csv needs --data, --target and --sensitive")
+
+
+@pytest.mark.slow
+def test_latent_model_ablation_scores_each_model_through_the_teacher(tmp_path: Path) -> None:
+    command = _tiny(
+        "bench.latent_models", "--dataset", "cohort", "--cohort-rows", "1200",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "latent-models-cohort.json").read_text())
+    names = [row["name"] for row in document["rows"]]
+    assert names[0] == "teacher posterior draws (reference)"
+    assert sum("(default)" in name for name in names) == 1
+    for row in document["rows"]:
+        assert 0 <= row["report"]["coverage"] <= 1
+    prior = next(row for row in document["rows"] if row["name"] == "prior N(0, I)")
+    assert prior["collapse"]["nn_distance_ratio"] > 0  # measured, not a placeholder
+    fidelity = tmp_path / "fidelity-cohort.json"
+    fidelity.write_text(json.dumps({**_minimal_fidelity(), "dataset": document["dataset"]}))
+    page = render_page(tmp_path, tmp_path / "results.md").read_text()
+    assert "latent models behind the teacher's decoder" in page
+    assert f"| {names[0]} | " in page
+
+
+def _minimal_fidelity() -> dict[str, object]:
+    """A results document with no rows: enough for the page to place the ablation under it."""
+    return {
+        "target": "readmitted", "sensitive": "sex", "positive_class": "yes", "train_rows": 0,
+        "test_rows": 0, "rows": [], "student_collapse": {},
+        "settings": {"seed": 0, "test_fraction": 0.2, "epochs": 2, "latent_dim": 16,
+                     "hidden": 128, "distill": {"latent_rows": 600, "decode_rows": 600,
+                                                "bandwidth": 0.1, "decoder_steps": 30}},
+        "provenance": {"commit": "c", "utc": "t", "machine": "m", "torch": "x"},
+    }  # fmt: skip
