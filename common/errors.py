@@ -59,6 +59,8 @@ class ErrorCode(Enum):
     ROW_CAP_EXCEEDED = "row_cap_exceeded"
     BUDGET_EXHAUSTED = "budget_exhausted"
     RATE_LIMITED = "rate_limited"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    ANSWER_PRUNED = "answer_pruned"
     UNAUTHENTICATED = "unauthenticated"
     TLS_MATERIAL = "tls_material"
     SERVER_UNREACHABLE = "server_unreachable"
@@ -169,6 +171,17 @@ CATALOG: dict[ErrorCode, CatalogEntry] = {
         status=grpc.StatusCode.RESOURCE_EXHAUSTED,
         exit_code=ExitCode.REFUSED,
         hint="slow down: retry after the wait the message names",
+    ),
+    ErrorCode.DEADLINE_EXCEEDED: CatalogEntry(
+        status=grpc.StatusCode.DEADLINE_EXCEEDED,
+        exit_code=ExitCode.REFUSED,
+        hint="this attempt was not charged; ask for fewer rows per call, or ask the data owner "
+        "to raise the daemon's --max-call-seconds",
+    ),
+    ErrorCode.ANSWER_PRUNED: CatalogEntry(
+        status=grpc.StatusCode.FAILED_PRECONDITION,
+        exit_code=ExitCode.REFUSED,
+        hint="send the request again under a new request id; it is charged as a new request",
     ),
     ErrorCode.UNAUTHENTICATED: CatalogEntry(
         status=grpc.StatusCode.UNAUTHENTICATED,

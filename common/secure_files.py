@@ -85,9 +85,10 @@ def write_new_files(
 def replace_file(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
     """Write ``data`` beside ``path``, flush it to disk, then rename it over ``path`` atomically.
 
-    A concurrent reader (the daemon reloading a revocation list) sees the old file or the new one,
-    and a crash leaves one of them intact. Never use this for private keys, which are never
-    replaced.
+    A concurrent reader (the daemon reloading a revocation list or its certificate) sees the old
+    file or the new one, and a crash leaves one of them intact. The staging file has ``mode`` from
+    its first byte, so with ``PRIVATE_MODE`` a key is never readable by others, even briefly. Only
+    the daemon's own key is ever replaced (its renewal); CA and consumer keys never are.
 
     :raises Fair4FreeError: OUTPUT_UNWRITABLE naming ``path``.
     """

@@ -2,8 +2,9 @@
 
 Every connection is mutual TLS. A consumer's identity is taken only from the SAN URI of the client
 certificate the owner's CA issued to it, never from metadata the client could choose; so the URI
-scheme, the allowed names and the parsing of a peer certificate live here, next to the credential
-builders, where both sides agree on them.
+scheme, the allowed names and the parsing of a peer certificate live here, next to the loaders of
+TLS material, where both sides agree on them. The daemon's credentials, which reload a renewed
+server certificate, are the owner's alone (``fair4free.data_owner.server_tls``).
 """
 
 from __future__ import annotations
@@ -142,8 +143,11 @@ def key_matches(certificate: x509.Certificate, private_key: PrivateKeyTypes) -> 
     return _public_der(certificate.public_key()) == _public_der(private_key.public_key())
 
 
-def _load_identity(cert: Path, key: Path, what: str) -> tuple[bytes, bytes]:
+def load_identity(cert: Path, key: Path, what: str) -> tuple[bytes, bytes]:
     """Return (chain PEM, key PEM) after checking they belong together and are in their lifetime.
+
+    :param what: whose pair it is (``"server"``, ``"client"``); it goes into every message.
+    :raises Fair4FreeError: TLS_MATERIAL naming the unusable, mismatched or out-of-date file.
 
     gRPC reports a mismatched or expired certificate only as an opaque handshake failure on the
     other side; checking here names the file instead. Each file is read once, so what is checked
@@ -172,26 +176,14 @@ def _load_identity(cert: Path, key: Path, what: str) -> tuple[bytes, bytes]:
     return chain_pem, key_pem
 
 
-def _load_ca(ca: Path) -> bytes:
-    """Return the CA bundle PEM after checking that it parses as certificates."""
-    data = read_pem(ca, "CA certificate")
-    _parse_certificates(data, ca, "CA certificate")
-    return data
-
-
-def server_credentials(*, ca: Path, cert: Path, key: Path) -> grpc.ServerCredentials:
-    """Build the daemon's credentials; client certificates from ``ca`` are always required.
-
-    There is deliberately no switch to turn client authentication off: without a client
-    certificate there is no consumer identity, and the daemon must not serve anonymous peers.
+def load_ca(ca: Path) -> bytes:
+    """Return the CA bundle PEM after checking that it parses as certificates.
 
     :raises Fair4FreeError: TLS_MATERIAL naming the unusable file.
     """
-    root = _load_ca(ca)
-    chain, private_key = _load_identity(cert, key, "server")
-    return grpc.ssl_server_credentials(
-        [(private_key, chain)], root_certificates=root, require_client_auth=True
-    )
+    data = read_pem(ca, "CA certificate")
+    _parse_certificates(data, ca, "CA certificate")
+    return data
 
 
 def channel_credentials(
@@ -211,10 +203,10 @@ def channel_credentials(
             "a client certificate and its private key must be given together "
             f"(certificate: {cert}, key: {key})",
         )
-    root = _load_ca(ca)
+    root = load_ca(ca)
     if cert is None or key is None:
         return grpc.ssl_channel_credentials(root_certificates=root)
-    chain, private_key = _load_identity(cert, key, "client")
+    chain, private_key = load_identity(cert, key, "client")
     return grpc.ssl_channel_credentials(
         root_certificates=root, private_key=private_key, certificate_chain=chain
     )

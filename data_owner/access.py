@@ -22,7 +22,13 @@ from google.protobuf.message import Message
 
 from fair4free.common.codec import BudgetStatus, check_request_id
 from fair4free.common.errors import ErrorCode, Fair4FreeError
-from fair4free.data_owner.interceptors import Behaviour, Guard, WrappingInterceptor, caller_identity
+from fair4free.data_owner.interceptors import (
+    Behaviour,
+    Guard,
+    WrappingInterceptor,
+    caller_identity,
+    unchanged,
+)
 from fair4free.data_owner.ledger import (
     BudgetExhaustedError,
     Ledger,
@@ -89,13 +95,9 @@ def request_rows(method: str, request: Any) -> int:
     return 0
 
 
-def _owner_method(method: str) -> str | None:
+def owner_method(method: str) -> str | None:
     """The short name of an OwnerService method; None for anything else (health checks)."""
     return method[len(SERVICE_PREFIX) :] if method.startswith(SERVICE_PREFIX) else None
-
-
-def _unchanged(behaviour: Behaviour) -> Behaviour:
-    return behaviour
 
 
 class PolicyInterceptor(WrappingInterceptor):
@@ -107,9 +109,9 @@ class PolicyInterceptor(WrappingInterceptor):
 
     def guards(self, method: str) -> tuple[Guard, Guard]:
         """Checks run before the behaviour, so one guard serves unary and streamed answers."""
-        short = _owner_method(method)
+        short = owner_method(method)
         if short is None:
-            return _unchanged, _unchanged
+            return unchanged, unchanged
 
         def guard(behaviour: Behaviour) -> Behaviour:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
@@ -146,9 +148,9 @@ class MeteringInterceptor(WrappingInterceptor):
 
     def guards(self, method: str) -> tuple[Guard, Guard]:
         """Only row-carrying OwnerService methods are metered."""
-        short = _owner_method(method)
+        short = owner_method(method)
         if short not in ROW_METHODS or short is None:
-            return _unchanged, _unchanged
+            return unchanged, unchanged
         return (lambda b: self._unary(b, short)), (lambda b: self._stream(b, short))
 
     def _answer(

@@ -32,6 +32,9 @@ EC_CURVES = (ec.SECP256R1, ec.SECP384R1)
 MIN_RSA_BITS = 2048
 """The smallest RSA consumer key the CA certifies."""
 
+MAX_DAYS = 3650
+"""The longest lifetime the CA gives: longer, and a leaked key stays useful for a decade."""
+
 _ORGANIZATION = "fair4free"
 _END_OF_TIME = datetime.datetime.max.replace(tzinfo=datetime.UTC)
 
@@ -249,3 +252,11 @@ def sign_crl(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
         )
     return builder.sign(signer.key, hashes.SHA256())
+
+
+def check_days(days: int, *, what: str = "certificate lifetime", most: int = MAX_DAYS) -> None:
+    """Reject lifetimes that are empty or so long that a leaked key stays useful for decades."""
+    if not 1 <= days <= most:
+        raise Fair4FreeError(
+            ErrorCode.CONFIG_INVALID, f"{what} of {days} days is invalid: use 1 to {most} days"
+        )

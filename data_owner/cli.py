@@ -1,11 +1,14 @@
-"""``fair4free-owner``: the hospital's commands (data, train, pki, serve)."""
+"""``fair4free-owner``: the hospital's commands (data, train, pki, policy, audit, ledger, serve)."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
+import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,9 +26,10 @@ from fair4free.data_owner.audit_report_render import (
     write_report,
 )
 from fair4free.data_owner.audit_verify import read_consumer_checkpoints, verify
+from fair4free.data_owner.ledger import Ledger
 from fair4free.data_owner.policy import ROW_METHODS, render_policy
 from fair4free.data_owner.registry import load_teacher
-from fair4free.data_owner.server import ServerConfig, build_server, run_until_signalled
+from fair4free.data_owner.server import LEDGER_FILE, ServerConfig, build_server, run_until_signalled
 from fair4free.data_owner.train_pipeline import train_to_directory
 from fair4free.data_owner.training import TrainingConfig
 
@@ -111,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--name", required=True, help="client identity to revoke")
     revoke.add_argument("--crl-days", type=int, default=7, help="validity of the new CRL")
     revoke.set_defaults(handler=_pki_revoke)
+    renew = pki_commands.add_parser(
+        "renew-server", help="new server key and certificate; a running daemon picks them up"
+    )
+    renew.add_argument("--dir", type=Path, required=True)
+    renew.add_argument(
+        "--hostname", action="append", help="server DNS name (repeatable; default: keep the names)"
+    )
+    renew.add_argument("--ip", action="append", help="server IP address (repeatable)")
+    renew.add_argument("--days", type=int, default=365, help="lifetime, capped by the CA's")
+    renew.set_defaults(handler=_pki_renew_server)
     crl = pki_commands.add_parser("crl", help="publish a fresh CRL (before the last one expires)")
     crl.add_argument("--dir", type=Path, required=True)
     crl.add_argument("--days", type=int, default=7, help="validity of the CRL")
@@ -148,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--checkpoints", type=Path, help="checkpoint tokens a consumer kept")
     report.set_defaults(handler=_audit_report)
 
+    ledger = commands.add_parser("ledger", help="look after the daemon's budget ledger")
+    ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
+    prune = ledger_commands.add_parser(
+        "prune", help="forget stored answers older than DAYS (charges stay; safe while serving)"
+    )
+    prune.add_argument("--state-dir", type=Path, required=True, help="the daemon's --state-dir")
+    prune.add_argument(
+        "--older-than", type=_days, required=True, metavar="DAYS", help="answer age, in days"
+    )
+    prune.set_defaults(handler=_ledger_prune)
+
     serve = commands.add_parser("serve", help="serve model queries over mutual TLS")
     serve.add_argument("--model", type=Path, required=True)
     serve.add_argument("--pki", type=Path, required=True, help="folder made by 'pki init'")
@@ -157,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--listen", default=ServerConfig.listen, help="HOST:PORT (port 0: any free)")
     serve.add_argument("--max-rows-per-call", type=int, default=ServerConfig.max_rows_per_call)
+    serve.add_argument(
+        "--max-call-seconds",
+        type=float,
+        default=ServerConfig.max_call_seconds,
+        help="most time one call's work may take, whatever the client's deadline",
+    )
     serve.add_argument("--ready-file", type=Path, help="write HOST:PORT here once serving")
     serve.add_argument("--seed", type=int, help="seed latent sampling (tests only)")
     serve.set_defaults(handler=_serve)
@@ -272,6 +303,22 @@ def _pki_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pki_renew_server(args: argparse.Namespace) -> int:
+    renewed = pki.renew_server(
+        args.dir, hostnames=args.hostname, ip_addresses=args.ip, days=args.days
+    )
+    replaced = renewed.replaced_serial_hex or "none readable"
+    print(
+        f"renewed {renewed.cert}: serial {renewed.serial_hex} (replaces {replaced}), valid until "
+        f"{renewed.not_after:%Y-%m-%d}, for {renewed.names}"
+    )
+    print(
+        "a daemon serving these files presents it from its next handshake; elsewhere, copy "
+        "server.key then server.crt into its --pki folder, each to a temporary name and 'mv'"
+    )
+    return 0
+
+
 def _pki_crl(args: argparse.Namespace) -> int:
     _print_crl(pki.publish_crl(args.dir, days=args.days))
     return 0
@@ -326,6 +373,38 @@ def _audit_report(args: argparse.Namespace) -> int:
     return 0 if report.verification.ok else int(ExitCode.INCOMPATIBLE_ARTIFACT)
 
 
+def _days(value: str) -> float:
+    try:
+        days = float(value)
+    except ValueError:
+        days = math.nan
+    if not (math.isfinite(days) and days > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of days, got {value!r}")
+    return days
+
+
+def _ledger_prune(args: argparse.Namespace) -> int:
+    path = args.state_dir / LEDGER_FILE
+    if not path.is_file():
+        raise Fair4FreeError(
+            ErrorCode.FILE_NOT_FOUND, f"no ledger at {path}: pass the daemon's --state-dir"
+        )
+    cutoff = time.time() - args.older_than * 86400
+    with Ledger.open(path) as ledger:
+        pruned = ledger.prune(completed_before=cutoff)
+    for group in pruned:
+        print(
+            f"{group.identity} {group.method}: {group.answers} answers, {group.answer_bytes} "
+            f"bytes ({group.rows} rows, still charged)"
+        )
+    when = datetime.datetime.fromtimestamp(cutoff, datetime.UTC)
+    print(
+        f"pruned {sum(g.answers for g in pruned)} stored answers completed before "
+        f"{when:%Y-%m-%d %H:%M} UTC from {path}; a retry of their request ids is refused"
+    )
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     layout = pki.PkiLayout(args.pki)
     config = ServerConfig(
@@ -334,6 +413,7 @@ def _serve(args: argparse.Namespace) -> int:
         crl=layout.crl,  # required: a missing CRL stops the daemon rather than skip revocation
         listen=args.listen,
         max_rows_per_call=args.max_rows_per_call,
+        max_call_seconds=args.max_call_seconds,
         seed=args.seed,
     )
     teacher = load_teacher(args.model)

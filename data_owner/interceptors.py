@@ -36,6 +36,11 @@ Behaviour = Callable[[Any, grpc.ServicerContext], Any]
 Guard = Callable[[Behaviour], Behaviour]
 
 
+def unchanged(behaviour: Behaviour) -> Behaviour:
+    """The guard of a method an interceptor leaves alone (health checks, say)."""
+    return behaviour
+
+
 def wrap_handler(handler: Handler, guard: Guard, stream_guard: Guard) -> Handler:
     """Rebuild a unary-request handler with its behaviour wrapped; other kinds are refused."""
     if handler.unary_unary is not None:

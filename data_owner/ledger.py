@@ -18,6 +18,10 @@ How a caller wraps one answer (unary or streamed)::
 which is another attempt's if a concurrent retry completed first; sending only that keeps every
 answer to one request id identical, so broken streams cannot be used to draw fresh samples for free.
 
+Stored answers are kept until ``prune`` (``fair4free-owner ledger prune``) forgets old ones. A
+pruned request keeps its id, rows and hash, so a late retry is refused (ANSWER_PRUNED) instead of
+being charged twice or answered with fresh samples; its charge stays, so pruning refunds nothing.
+
 The database runs in WAL mode with ``synchronous=FULL``; each change is one ``BEGIN IMMEDIATE``
 transaction, so threads (one connection each) and processes sharing the file serialise their
 charges and a budget is never overspent. A charge is committed before ``reserve`` returns and
@@ -26,6 +30,7 @@ survives a crash. Open one ``Ledger`` per process (not across ``fork``).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 import sqlite3
@@ -40,36 +45,15 @@ from typing import Final
 
 from fair4free.common.closing import ClosesOnExit
 from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.data_owner.ledger_schema import prepare
 
-SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT_SECONDS: Final = 30.0
 
-SCHEMA: Final = """
-CREATE TABLE charges (
-    identity   TEXT    NOT NULL,
-    method     TEXT    NOT NULL,
-    rows_used  INTEGER NOT NULL CHECK (rows_used >= 0),
-    calls      INTEGER NOT NULL CHECK (calls >= 0),
-    updated_at REAL    NOT NULL,
-    PRIMARY KEY (identity, method)
-);
-CREATE TABLE requests (
-    identity     TEXT    NOT NULL,
-    request_id   TEXT    NOT NULL,
-    method       TEXT    NOT NULL,
-    rows         INTEGER NOT NULL CHECK (rows >= 0),
-    request_hash TEXT    NOT NULL,
-    status       TEXT    NOT NULL CHECK (status IN ('reserved', 'complete')),
-    answer       BLOB,
-    created_at   REAL    NOT NULL,
-    completed_at REAL,
-    PRIMARY KEY (identity, request_id),
-    CHECK ((status = 'complete') = (answer IS NOT NULL))
-);
-"""
-"""The tables; the schema version is SQLite's ``user_version``."""
-
 REQUEST_ID_REUSED: Final = "request id {request_id} reused for a different request"
+ANSWER_PRUNED: Final = (
+    "the answer to request id {request_id} was pruned from the ledger on {pruned:%Y-%m-%d} UTC; "
+    "it was charged once and is not sent again"
+)
 _HASH = re.compile(r"[0-9a-f]{64}")
 _FRAME = struct.Struct(">Q")
 
@@ -127,6 +111,18 @@ class Usage:
     updated_at: float
 
 
+@dataclass(frozen=True, kw_only=True)
+class PrunedAnswers:
+    """What one prune forgot of one identity's answers through one method."""
+
+    identity: str
+    method: str
+    answers: int
+    rows: int
+    """Rows those requests were charged; they stay charged."""
+    answer_bytes: int
+
+
 class Ledger(ClosesOnExit):
     """Budgets and request records in one SQLite file. Thread-safe: a connection per thread."""
 
@@ -148,17 +144,7 @@ class Ledger(ClosesOnExit):
         ledger = cls(Path(path), clock=clock)
         try:
             with ledger._write() as db:
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    for statement in SCHEMA.split(";"):  # executescript would commit early
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                elif version != SCHEMA_VERSION:
-                    raise Fair4FreeError(
-                        ErrorCode.CONFIG_INVALID,
-                        f"ledger {path} has schema version {version}, "
-                        f"this version of fair4free reads {SCHEMA_VERSION}",
-                    )
+                prepare(db, ledger.path)
         except sqlite3.Error as exc:
             ledger.close()
             raise Fair4FreeError(
@@ -192,7 +178,8 @@ class Ledger(ClosesOnExit):
 
         :param request_hash: SHA-256 hex of the request payload (see ``payload_digest``).
         :param limit: the budget of (identity, method) in rows.
-        :raises Fair4FreeError: REQUEST_INVALID if the id is on record for a different request.
+        :raises Fair4FreeError: REQUEST_INVALID if the id is on record for a different request;
+            ANSWER_PRUNED if it is on record but its answer was pruned.
         :raises BudgetExhaustedError: BUDGET_EXHAUSTED if the charge would pass ``limit``.
         """
         _check_args(request_id, request_hash, rows, limit)
@@ -203,11 +190,9 @@ class Ledger(ClosesOnExit):
                 (identity, request_id),
             ).fetchone()
             used = self._used(db, identity, method)
+            asked = (method, rows, request_hash)
             if found is not None:
-                if (found[0], found[1], found[2]) != (method, rows, request_hash):
-                    raise Fair4FreeError(
-                        ErrorCode.REQUEST_INVALID, REQUEST_ID_REUSED.format(request_id=request_id)
-                    )
+                _refuse_reuse(request_id, tuple(found[:3]), asked)
                 return Reservation(
                     identity=identity,
                     method=method,
@@ -218,6 +203,7 @@ class Ledger(ClosesOnExit):
                     used=used,
                     limit=limit,
                 )
+            _refuse_pruned(db, identity, request_id, asked)
             if used + rows > limit:
                 raise BudgetExhaustedError(
                     identity=identity, method=method, limit=limit, used=used, needed=rows
@@ -335,18 +321,31 @@ class Ledger(ClosesOnExit):
             for identity, method, rows, calls, updated_at, pending in found
         ]
 
-    def prune(self, *, completed_before: float) -> int:
-        """Forget the stored answers of requests completed before a time; returns how many.
+    def prune(self, *, completed_before: float) -> list[PrunedAnswers]:
+        """Forget the stored answers of requests completed before a time; say what went.
 
-        Charges stay. A retry of a forgotten request id is a new request and is charged again, so
-        keep answers for longer than any client retries.
+        Charges stay: pruning never refunds a budget. Each pruned request keeps its id, method,
+        rows and hash (not its answer), so a late retry is refused with ANSWER_PRUNED rather than
+        charged again or answered afresh. One transaction, safe while the daemon runs.
         """
+        completed = "FROM requests WHERE status = 'complete' AND completed_at < ?"
         with self._write() as db:
-            cursor = db.execute(
-                "DELETE FROM requests WHERE status = 'complete' AND completed_at < ?",
+            found = db.execute(
+                "SELECT identity, method, COUNT(*), SUM(rows), SUM(LENGTH(answer))"
+                f" {completed} GROUP BY identity, method ORDER BY identity, method",
                 (completed_before,),
+            ).fetchall()
+            db.execute(
+                "INSERT INTO pruned (identity, request_id, method, rows, request_hash,"
+                " completed_at, pruned_at) SELECT identity, request_id, method, rows,"
+                f" request_hash, completed_at, ? {completed}",
+                (self._clock(), completed_before),
             )
-            return cursor.rowcount
+            db.execute(f"DELETE {completed}", (completed_before,))
+        return [
+            PrunedAnswers(identity=identity, method=method, answers=n, rows=rows, answer_bytes=size)
+            for identity, method, n, rows, size in found
+        ]
 
     def close(self) -> None:
         """Close every thread's connection; the ledger cannot be used afterwards."""
@@ -426,6 +425,34 @@ def unpack_messages(answer: bytes) -> list[bytes]:
         messages.append(answer[offset : offset + length])
         offset += length
     return messages
+
+
+def _refuse_reuse(
+    request_id: str, on_record: tuple[object, ...], asked: tuple[str, int, str]
+) -> None:
+    """Refuse an id on record for another request: its answer (or refusal) is not this one's."""
+    if on_record != asked:
+        raise Fair4FreeError(
+            ErrorCode.REQUEST_INVALID, REQUEST_ID_REUSED.format(request_id=request_id)
+        )
+
+
+def _refuse_pruned(
+    db: sqlite3.Connection, identity: str, request_id: str, asked: tuple[str, int, str]
+) -> None:
+    """Refuse an id whose answer was pruned: it was charged once and can be answered never again."""
+    found = db.execute(
+        "SELECT method, rows, request_hash, pruned_at FROM pruned"
+        " WHERE identity = ? AND request_id = ?",
+        (identity, request_id),
+    ).fetchone()
+    if found is None:
+        return
+    _refuse_reuse(request_id, tuple(found[:3]), asked)
+    pruned = datetime.datetime.fromtimestamp(found[3], datetime.UTC)
+    raise Fair4FreeError(
+        ErrorCode.ANSWER_PRUNED, ANSWER_PRUNED.format(request_id=request_id, pruned=pruned)
+    )
 
 
 def _check_args(request_id: str, request_hash: str, rows: int, limit: int) -> None:

@@ -10,15 +10,15 @@ Two organisations: a consumer makes its own key and sends a certificate signing 
 the consumer. :func:`issue_client` makes the key here instead, for one-organisation setups. Both
 grant through one path that records the certificate in the CA index (:mod:`.ca_index`) before it
 is handed out; :func:`revoke_client` marks it revoked there and :func:`publish_crl` publishes the
-signed revocation list the daemon checks on every call (``fair4free.common.revocation``).
+signed revocation list the daemon checks on every call (``fair4free.common.revocation``). The
+daemon's own certificate is issued and renewed by :mod:`.server_cert` (``renew_server``, re-exported
+here), which a running daemon picks up without a restart.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import ipaddress
-import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -30,7 +30,6 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
-from fair4free.common.revocation import CRL_FILE
 from fair4free.common.secure_files import (
     PRIVATE_MODE,
     PUBLIC_MODE,
@@ -40,9 +39,6 @@ from fair4free.common.secure_files import (
     write_new_files,
 )
 from fair4free.common.tls import (
-    CA_CERT_FILE,
-    CLIENTS_DIR,
-    TlsFiles,
     certificate_fingerprint,
     check_client_name,
     client_identity_uri,
@@ -50,12 +46,13 @@ from fair4free.common.tls import (
     public_key_fingerprint,
     read_pem,
 )
-from fair4free.data_owner.ca_index import INDEX_FILE, CaIndex, IssuedCertificate, Origin
+from fair4free.data_owner.ca_index import CaIndex, IssuedCertificate, Origin
 from fair4free.data_owner.ca_signing import (
     Signer,
     acceptable_public_key,
     ca_extensions,
     cert_pem,
+    check_days,
     issue,
     key_pem,
     leaf_extensions,
@@ -66,84 +63,30 @@ from fair4free.data_owner.ca_signing import (
     signer_for,
     subject_name,
 )
+from fair4free.data_owner.pki_layout import PkiLayout
+from fair4free.data_owner.server_cert import (
+    RenewedServer,
+    issue_server_certificate,
+    renew_server,
+    server_alt_names,
+)
 
 __all__ = [
     "IssuedCertificate",
     "PkiLayout",
     "PublishedCrl",
+    "RenewedServer",
     "client_identity_uri",
     "init_pki",
     "issue_client",
     "publish_crl",
+    "renew_server",
     "revoke_client",
     "sign_csr",
 ]
 
-_MAX_DAYS = 3650
 _CRL_DAYS = 7
 _MAX_CRL_DAYS = 366
-_HOSTNAME = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
-
-
-@dataclass(frozen=True)
-class PkiLayout:
-    """Where a PKI directory keeps each file, so issuer, daemon and tools agree on the names."""
-
-    root: Path
-
-    @property
-    def ca_key(self) -> Path:
-        """The CA's private key: whoever holds it can mint any consumer identity."""
-        return self.root / "ca.key"
-
-    @property
-    def ca_cert(self) -> Path:
-        """The CA certificate, the trust root both sides are configured with."""
-        return self.root / CA_CERT_FILE
-
-    @property
-    def server_key(self) -> Path:
-        """The daemon's private key."""
-        return self.root / "server.key"
-
-    @property
-    def server_cert(self) -> Path:
-        """The daemon's certificate."""
-        return self.root / "server.crt"
-
-    @property
-    def clients_dir(self) -> Path:
-        """The folder of consumer certificates and keys."""
-        return self.root / CLIENTS_DIR
-
-    @property
-    def crl(self) -> Path:
-        """The revocation list the CA publishes and the daemon checks on every call."""
-        return self.root / CRL_FILE
-
-    @property
-    def index(self) -> Path:
-        """The CA's JSON record of issued and revoked client certificates."""
-        return self.root / INDEX_FILE
-
-    def client_cert(self, name: str) -> Path:
-        """Name consumer ``name``'s certificate; CONFIG_INVALID for a name that could escape."""
-        return self.clients_dir / f"{check_client_name(name)}.crt"
-
-    def client_key(self, name: str) -> Path:
-        """Name consumer ``name``'s private key; CONFIG_INVALID for a name that could escape."""
-        return self.clients_dir / f"{check_client_name(name)}.key"
-
-    def server_files(self) -> TlsFiles:
-        """Name the daemon's side of the connection, ready for ``server_credentials``."""
-        return TlsFiles(ca=self.ca_cert, cert=self.server_cert, key=self.server_key)
-
-    def client_files(self, name: str) -> TlsFiles:
-        """Name consumer ``name``'s side of the connection, ready for ``channel_credentials``."""
-        return TlsFiles.from_pki_dir(self.root, name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,8 +115,8 @@ def init_pki(
     :raises Fair4FreeError: OUTPUT_UNWRITABLE if a PKI already exists or ``root`` is not writable;
         CONFIG_INVALID for a bad host name, IP address or lifetime.
     """
-    _check_days(days)
-    alt_names = _server_alt_names(hostnames, ip_addresses)
+    check_days(days)
+    alt_names = server_alt_names(hostnames, ip_addresses)
     layout = PkiLayout(root)
     if layout.ca_key.exists() or layout.ca_cert.exists():
         raise Fair4FreeError(
@@ -191,14 +134,7 @@ def init_pki(
         extensions=ca_extensions(),
     )
     signer = signer_for(ca_cert, ca_key)
-    server_key = new_key()
-    server_cert = issue(
-        subject=subject_name("fair4free data owner"),
-        public_key=server_key.public_key(),
-        signer=signer,
-        days=days,
-        extensions=leaf_extensions(ExtendedKeyUsageOID.SERVER_AUTH, alt_names),
-    )
+    server_key, server_cert = issue_server_certificate(signer, alt_names, days=days)
     refuse_existing([layout.index, layout.crl], "a file of the PKI already exists")
     make_private_dir(root)
     write_new_files(
@@ -225,7 +161,7 @@ def issue_client(root: Path, name: str, *, days: int = 90) -> tuple[Path, Path]:
         written.
     """
     check_client_name(name)
-    _check_days(days)
+    check_days(days)
     layout = PkiLayout(root)
     cert_path, key_path = layout.client_cert(name), layout.client_key(name)
     refuse_existing([cert_path, key_path], f"client {name!r} already exists")
@@ -254,7 +190,7 @@ def sign_csr(root: Path, csr_path: Path, *, days: int = 90) -> IssuedCertificate
         (unreadable, forged, asking for no, several or a malformed identity, a weak key) or CA;
         OUTPUT_UNWRITABLE if the name is taken or files cannot be written.
     """
-    _check_days(days)
+    check_days(days)
     csr = _load_csr(csr_path)
     name = csr_client_name(csr, str(csr_path))
     public_key = acceptable_public_key(csr, csr_path)
@@ -271,7 +207,7 @@ def revoke_client(
         if the index or list cannot be written.
     """
     check_client_name(name)
-    _check_days(crl_days, what="revocation list validity", most=_MAX_CRL_DAYS)
+    check_days(crl_days, what="revocation list validity", most=_MAX_CRL_DAYS)
     layout = PkiLayout(root)
     signer = load_signer(layout.ca_cert, layout.ca_key)
     index = CaIndex.load(layout.index)
@@ -302,7 +238,7 @@ def publish_crl(root: Path, *, days: int = _CRL_DAYS) -> PublishedCrl:
     :raises Fair4FreeError: CONFIG_INVALID for a bad lifetime; TLS_MATERIAL if the CA or its index
         is unusable; OUTPUT_UNWRITABLE if the index or list cannot be written.
     """
-    _check_days(days, what="revocation list validity", most=_MAX_CRL_DAYS)
+    check_days(days, what="revocation list validity", most=_MAX_CRL_DAYS)
     layout = PkiLayout(root)
     return _publish(
         layout, load_signer(layout.ca_cert, layout.ca_key), CaIndex.load(layout.index), days
@@ -443,38 +379,3 @@ def _load_csr(path: Path) -> x509.CertificateSigningRequest:
             ErrorCode.TLS_MATERIAL,
             f"certificate request file {path} holds no valid PEM certificate signing request",
         ) from None
-
-
-def _check_days(days: int, *, what: str = "certificate lifetime", most: int = _MAX_DAYS) -> None:
-    """Reject lifetimes that are empty or so long that a leaked key stays useful for decades."""
-    if not 1 <= days <= most:
-        raise Fair4FreeError(
-            ErrorCode.CONFIG_INVALID, f"{what} of {days} days is invalid: use 1 to {most} days"
-        )
-
-
-def _server_alt_names(
-    hostnames: Sequence[str], ip_addresses: Sequence[str]
-) -> list[x509.GeneralName]:
-    """Turn the addresses consumers dial into SAN entries, refusing what gRPC could not match."""
-    names: list[x509.GeneralName] = []
-    for hostname in hostnames:
-        if not _HOSTNAME.fullmatch(hostname):
-            raise Fair4FreeError(
-                ErrorCode.CONFIG_INVALID,
-                f"host name {hostname!r} is invalid: use letters, digits, '-' and '.' only",
-            )
-        names.append(x509.DNSName(hostname.lower()))
-    for address in ip_addresses:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(address)))
-        except ValueError:
-            raise Fair4FreeError(
-                ErrorCode.CONFIG_INVALID, f"IP address {address!r} is not a valid IPv4/IPv6 address"
-            ) from None
-    if not names:
-        raise Fair4FreeError(
-            ErrorCode.CONFIG_INVALID,
-            "the server certificate needs at least one host name or IP address",
-        )
-    return names

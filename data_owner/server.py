@@ -20,16 +20,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.revocation import RevocationList
-from fair4free.common.tls import TlsFiles, server_credentials
+from fair4free.common.tls import TlsFiles
 from fair4free.data_owner.access import BudgetView, MeteringInterceptor, PolicyInterceptor
 from fair4free.data_owner.audit_interceptor import AuditInterceptor, ServedModel
 from fair4free.data_owner.audit_keys import PRIVATE_KEY_FILE, generate_signing_key, load_signing_key
 from fair4free.data_owner.audit_log import AuditLog
+from fair4free.data_owner.deadline import DeadlineInterceptor, check_max_call_seconds
 from fair4free.data_owner.interceptors import ErrorMappingInterceptor, IdentityInterceptor
 from fair4free.data_owner.ledger import Ledger
 from fair4free.data_owner.policy import DEFAULT_RATE_PER_MINUTE, PolicyFile
 from fair4free.data_owner.rate_limit import RateLimiter
 from fair4free.data_owner.registry import Teacher
+from fair4free.data_owner.server_tls import server_credentials
 from fair4free.data_owner.servicer import OwnerServicer
 from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
 
@@ -59,6 +61,8 @@ class ServerConfig:
     # Connections are closed after this long (with a grace period for calls in flight), so a
     # client reconnects and presents its current, possibly rotated or revoked, certificate.
     max_connection_age_seconds: float = 600.0
+    # The most one call's work may take, whatever deadline the client sent (a shorter one wins).
+    max_call_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -73,6 +77,7 @@ class ServerConfig:
             )
         if self.max_workers < 1:
             raise Fair4FreeError(ErrorCode.CONFIG_INVALID, "max workers must be at least 1")
+        check_max_call_seconds(self.max_call_seconds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,8 +99,10 @@ class OwnerDaemon:
 def build_server(teacher: Teacher, *, tls: TlsFiles, config: ServerConfig) -> OwnerDaemon:
     """A started daemon with the owner service and standard health checking.
 
-    Interceptors, outermost first: errors become statuses; the peer must name a consumer; the
-    policy must grant the call (deny by default), within rate and row cap; rows are charged.
+    Interceptors, outermost first: errors become statuses; every call is audited; the peer must
+    name a consumer; the policy must grant the call (deny by default), within rate and row cap;
+    rows are charged; the work on the answer is bounded in time. The server certificate is
+    re-read when it is renewed (``server_tls``).
     """
     policy = PolicyFile(config.policy)
     try:
@@ -118,6 +125,7 @@ def build_server(teacher: Teacher, *, tls: TlsFiles, config: ServerConfig) -> Ow
             IdentityInterceptor(revocations),
             PolicyInterceptor(policy, RateLimiter(DEFAULT_RATE_PER_MINUTE)),
             MeteringInterceptor(policy, ledger),
+            DeadlineInterceptor(config.max_call_seconds),
         ],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),

@@ -48,9 +48,8 @@ class FairVAE(nn.Module):
     def __init__(self, config: TeacherConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = mlp(
-            config.input_dim + config.n_sensitive, config.hidden, config.depth, 2 * config.latent_dim
-        )
+        encoder_in = config.input_dim + config.n_sensitive
+        self.encoder = mlp(encoder_in, config.hidden, config.depth, 2 * config.latent_dim)
         feature_dim = config.target_start
         target_dim = config.input_dim - config.target_start
         self.feature_decoder = mlp(

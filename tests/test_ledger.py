@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import itertools
 import multiprocessing
@@ -24,12 +25,16 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.data_owner.ledger import (
+    ANSWER_PRUNED,
+    REQUEST_ID_REUSED,
     BudgetExhaustedError,
     Ledger,
+    PrunedAnswers,
     pack_messages,
     payload_digest,
     unpack_messages,
 )
+from fair4free.data_owner.ledger_schema import SCHEMA_VERSION
 
 ACME = "fair4free://consumer/acme"
 BETA = "fair4free://consumer/beta"
@@ -180,7 +185,7 @@ def test_a_file_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 7")
     db.close()
-    detail = f"ledger {path} has schema version 7, this version of fair4free reads 1"
+    detail = f"ledger {path} has schema version 7, this version of fair4free reads {SCHEMA_VERSION}"
     with pytest.raises(Fair4FreeError, match=exactly(detail)) as caught:
         Ledger.open(path)
     assert caught.value.code is ErrorCode.CONFIG_INVALID
@@ -204,12 +209,60 @@ def test_prune_forgets_old_answers_but_keeps_charges(tmp_path: Path) -> None:
         now[0] = 200.0
         ledger.reserve(ACME, "Decode", "new", request_hash=digest("c"), rows=5, limit=100)
         ledger.complete(ACME, "new", b"new")
-        assert ledger.prune(completed_before=150.0) == 1
+        assert ledger.prune(completed_before=150.0) == [
+            PrunedAnswers(identity=ACME, method="Decode", answers=1, rows=5, answer_bytes=3)
+        ]
         assert ledger.answer(ACME, "old") is None
         assert ledger.answer(ACME, "new") == b"new"
         assert ledger.used(ACME, "Decode") == 15
         (usage,) = ledger.usage()
-        assert (usage.pending, usage.updated_at) == (1, 200.0)
+        assert (usage.calls, usage.pending, usage.updated_at) == (3, 1, 200.0)
+        assert ledger.prune(completed_before=150.0) == []
+
+
+PRUNED_AT = datetime.datetime.fromtimestamp(86400 * 3, datetime.UTC)  # 1970-01-04
+
+
+def test_a_retry_of_a_pruned_request_is_refused_never_charged_or_answered(tmp_path: Path) -> None:
+    now = [float(86400)]
+    with Ledger.open(tmp_path / "ledger.db", clock=lambda: now[0]) as ledger:
+        ledger.reserve(ACME, "Decode", "r1", request_hash=digest("a"), rows=40, limit=100)
+        ledger.complete(ACME, "r1", b"answer")
+        now[0] = PRUNED_AT.timestamp()
+        ledger.prune(completed_before=now[0])
+        detail = ANSWER_PRUNED.format(request_id="r1", pruned=PRUNED_AT)
+        assert "1970-01-04" in detail
+        for limit in (100, 40):  # not even a budget with room for it buys the id again
+            with pytest.raises(Fair4FreeError, match=exactly(detail)) as caught:
+                ledger.reserve(ACME, "Decode", "r1", request_hash=digest("a"), rows=40, limit=limit)
+            assert caught.value.code is ErrorCode.ANSWER_PRUNED
+        with pytest.raises(
+            Fair4FreeError, match=exactly(REQUEST_ID_REUSED.format(request_id="r1"))
+        ):
+            ledger.reserve(ACME, "Decode", "r1", request_hash=digest("b"), rows=1, limit=100)
+        assert ledger.used(ACME, "Decode") == 40
+        fresh = ledger.reserve(BETA, "Decode", "r1", request_hash=digest("a"), rows=40, limit=100)
+        assert not fresh.replayed  # ids are per identity, pruned ones too
+
+
+def test_a_ledger_of_the_previous_version_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path) as ledger:
+        ledger.reserve(ACME, "Decode", "r1", request_hash=digest("a"), rows=40, limit=100)
+        ledger.complete(ACME, "r1", b"answer")
+    with sqlite3.connect(path) as db:  # what version 1 wrote: no record of pruned requests
+        db.execute("DROP TABLE pruned")
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+    with Ledger.open(path) as upgraded:
+        replay = upgraded.reserve(
+            ACME, "Decode", "r1", request_hash=digest("a"), rows=40, limit=100
+        )
+        assert replay.answer == b"answer"
+        assert len(upgraded.prune(completed_before=float("inf"))) == 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
 
 
 def test_stream_messages_pack_and_unpack() -> None:

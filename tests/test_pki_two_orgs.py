@@ -37,7 +37,6 @@ from fair4free.common.tls import (
     csr_client_name,
     peer_identity,
     public_key_fingerprint,
-    server_credentials,
 )
 from fair4free.consumer.pki_request import CertificateRequest, request_certificate
 from fair4free.data_owner.ca_index import CaIndex, Origin
@@ -49,6 +48,7 @@ from fair4free.data_owner.pki import (
     revoke_client,
     sign_csr,
 )
+from fair4free.data_owner.server_tls import server_credentials
 
 DAY = datetime.timedelta(days=1)
 URI_RULE = re.escape("it must ask for exactly one, fair4free://consumer/<name>")

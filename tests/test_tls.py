@@ -27,9 +27,9 @@ from fair4free.common.tls import (
     load_private_key,
     peer_identity,
     read_pem,
-    server_credentials,
 )
 from fair4free.data_owner.pki import PkiLayout, init_pki, issue_client
+from fair4free.data_owner.server_tls import server_credentials
 from forged_certs import DAY, forge, now, pem_of, write_pair
 
 TIMEOUT_S = 5.0
