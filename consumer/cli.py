@@ -1,4 +1,4 @@
-"""``fair4free-consumer``: the consumer's commands (distill, generate, evaluate, pki)."""
+"""``fair4free-consumer``: the consumer's commands (distill, generate, evaluate, privacy, pki)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fair4free.common.cli_support import run_parsed
 from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.privacy_cli import add_privacy_command
 from fair4free.common.table_io import write_table
 from fair4free.common.tls import TlsFiles
 from fair4free.consumer.client import ClientConfig, OwnerClient
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("--dir", type=Path, required=True, help="folder for NAME.key, NAME.csr")
     request.add_argument("--name", required=True, help="client identity, e.g. acme-research")
     request.set_defaults(handler=_pki_request)
+    add_privacy_command(commands)
     return parser
 
 

@@ -19,7 +19,9 @@ from torch import Tensor, nn
 
 from fair4free.common.nn_blocks import mlp
 
-DEFAULT_BANDWIDTH = 0.1
+# 0.05 by the benchmark (Adult, seed 0): against 0.1 the student's DPR rose from 0.93 to 0.97-0.99
+# and its density from 0.80-0.82 to 0.81-0.83 over two sampling seeds; 0.02 adds little.
+DEFAULT_BANDWIDTH = 0.05
 
 
 @dataclass(frozen=True, kw_only=True)

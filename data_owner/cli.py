@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fair4free.common.cli_support import run_parsed
 from fair4free.common.errors import ErrorCode, ExitCode, Fair4FreeError
+from fair4free.common.privacy_cli import add_privacy_command
 from fair4free.common.schema import infer_schema
 from fair4free.common.tls import client_identity_uri
 from fair4free.data_owner import datasets, pki
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-file", type=Path, help="write HOST:PORT here once serving")
     serve.add_argument("--seed", type=int, help="seed latent sampling (tests only)")
     serve.set_defaults(handler=_serve)
+    add_privacy_command(commands)
     return parser
 
 
