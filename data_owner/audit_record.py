@@ -217,6 +217,10 @@ class SignedCheckpoint:
             raise Fair4FreeError(
                 ErrorCode.AUDIT_CHECKPOINT_INVALID, BAD_CHECKPOINT.format(why=exc)
             ) from None
+        except RecursionError:  # a consumer-supplied token nested "[[[[..." past the stack
+            raise Fair4FreeError(
+                ErrorCode.AUDIT_CHECKPOINT_INVALID, BAD_CHECKPOINT.format(why=TOO_DEEP)
+            ) from None
         return checkpoint
 
     def to_event(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import json
@@ -206,6 +207,10 @@ def test_an_idle_log_is_checkpointed_after_the_interval(
     assert triggers == ["open", "time", "close"]
 
 
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
 def test_checkpoints_travel_as_one_ascii_token(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     with AuditLog.open(tmp_path, signing_key=key) as log:
         log.append(event("r1"))
@@ -218,6 +223,7 @@ def test_checkpoints_travel_as_one_ascii_token(tmp_path: Path, key: Ed25519Priva
         (payload, "no '.' between payload and signature"),
         (f"{payload}.{signature[:-4]}", "an Ed25519 signature is 64 bytes"),
         (f"e30.{signature}", "the payload must hold exactly ['head_hash', 'seq', 'ts']"),
+        (f"{_b64('[' * 100_000)}.{signature}", TOO_DEEP),
     ]:
         with pytest.raises(Fair4FreeError, match=re.escape(BAD_CHECKPOINT.format(why=why))):
             SignedCheckpoint.from_compact(bad)
