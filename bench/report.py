@@ -71,14 +71,19 @@ def _cell(value: float | int | None) -> str:
 
 
 def _table(document: dict[str, Any]) -> list[str]:
-    header = "| rows | " + " | ".join(name for name, _ in COLUMNS) + " | time (s) | rows/s |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
+    header = (
+        "| rows | " + " | ".join(name for name, _ in COLUMNS) + " | DPR sd | time (s) | rows/s |"
+    )
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 4)]
     for row in document["rows"]:
         cells = [_cell(row["report"].get(key)) for _, key in COLUMNS]
         stages = sorted(row["seconds"].items(), key=lambda item: _STAGE_ORDER.index(item[0]))
         seconds = " + ".join(f"{name} {value:.0f}" for name, value in stages)
         rate = "" if row["rows_per_second"] is None else f"{row['rows_per_second']:,.0f}"
-        lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {seconds} | {rate} |")
+        spread = _cell(row.get("report_sd", {}).get("dpr"))
+        lines.append(
+            f"| {row['name']} | " + " | ".join(cells) + f" | {spread} | {seconds} | {rate} |"
+        )
     return lines
 
 
@@ -97,7 +102,9 @@ def _section(document: dict[str, Any], results_dir: Path) -> list[str]:
         f"{distill['latent_rows']} latents and {distill['decode_rows']} decoded rows queried, "
         f"kernel bandwidth {distill['bandwidth']}, {distill['decoder_steps']} decoder steps. "
         "Each synthetic table "
-        f"has as many rows as the training split. Produced by commit `{provenance['commit']}` on "
+        f"has as many rows as the training split; every score is the mean over "
+        f"{settings.get('scoring_seeds', 1)} sampling and scoring seeds from {settings['seed']} "
+        f"(DPR sd: their spread). Produced by commit `{provenance['commit']}` on "
         f"{provenance['utc']} ({provenance['machine']}, torch {provenance['torch']} on "
         f"{provenance.get('torch_threads', '?')} threads).",
         "",

@@ -21,7 +21,7 @@ def test_fidelity_benchmark_writes_results_plot_and_page(tmp_path: Path) -> None
     command = [
         sys.executable, "-m", "bench.fidelity", "--dataset", "cohort", "--cohort-rows", "1200",
         "--epochs", "2", "--steps", "30", "--pool-rows", "600", "--weights", "0",
-        "--out", str(tmp_path),
+        "--scoring-seeds", "2", "--out", str(tmp_path),
     ]  # fmt: skip
     default = f"weight {TrainingConfig.fairness_weight:g}"  # the sweep always includes it
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -35,6 +35,8 @@ def test_fidelity_benchmark_writes_results_plot_and_page(tmp_path: Path) -> None
         f"two-party student, {default}",
     ]
     assert document["train_rows"] + document["test_rows"] == 1200
+    for row in document["rows"]:  # two seeds scored: each metric has a spread
+        assert row["report_sd"]["dpr"] is not None and row["report_sd"]["dpr"] >= 0
     assert document["provenance"]["commit"]
     assert (tmp_path / "frontier-cohort.png").read_bytes().startswith(b"\x89PNG")
 
@@ -56,7 +58,8 @@ def test_fidelity_benchmark_runs_unchanged_on_a_csv_with_a_three_valued_sensitiv
     make_cohort(1200, seed=3).frame.to_csv(table, index=False)
     command = _tiny(
         "bench.fidelity", "--dataset", "csv", "--data", str(table), "--target", "readmitted",
-        "--sensitive", "referral", "--steps", "30", "--weights", "0", "--out", str(tmp_path),
+        "--sensitive", "referral", "--steps", "30", "--weights", "0", "--scoring-seeds", "1",
+        "--out", str(tmp_path),
     )  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr
