@@ -125,7 +125,7 @@ class FeatureSpace:
         if missing:
             detail = f"{table} lacks the columns {_quoted(missing)} of the feature space"
             raise Fair4FreeError(ErrorCode.SCHEMA_MISMATCH, detail)
-        conformed = _conform_frame(frame, self.kinds, table=table)
+        conformed = conform_frame(frame, self.kinds, table=table)
         return np.asarray(self.transformer.transform(conformed), dtype=np.float64)
 
 
@@ -173,7 +173,7 @@ def feature_space(reference: pd.DataFrame, *, columns: Sequence[str]) -> Feature
     if numeric:
         imputer = SimpleImputer(strategy="median", keep_empty_features=True)
         parts.append(("numeric", make_pipeline(imputer, StandardScaler()), numeric))
-    conformed = _conform_frame(reference, kinds, table="the reference table")
+    conformed = conform_frame(reference, kinds, table="the reference table")
     transformer = ColumnTransformer(parts, sparse_threshold=0.0).fit(conformed)
     return FeatureSpace(kinds=kinds, transformer=transformer)
 
@@ -225,8 +225,8 @@ def utility_scores(
         [("categorical", ordinal, categorical), ("numeric", "passthrough", numeric)],
         sparse_threshold=0.0,
     )
-    x_train = encoder.fit_transform(_conform_frame(train, kinds, table="the train table"))
-    test_rows = _conform_frame(test, kinds, table="the test table")
+    x_train = encoder.fit_transform(conform_frame(train, kinds, table="the train table"))
+    test_rows = conform_frame(test, kinds, table="the test table")
     x_test = encoder.transform(test_rows)
     is_categorical = np.array([True] * len(categorical) + [False] * len(numeric))
     model = HistGradientBoostingClassifier(categorical_features=is_categorical, random_state=seed)
@@ -287,7 +287,7 @@ def evaluate_synthetic(
             detail = f"the {name} table has {len(frame)} rows; density and coverage need {k + 1}"
             raise Fair4FreeError(ErrorCode.CONFIG_INVALID, detail)
     _binary_targets(real, synthetic, target, positive_class, ("real", "synthetic"))
-    groups = _category_labels(real[sensitive])
+    groups = category_labels(real[sensitive])
     if groups.isna().any():  # fairlearn refuses them, and no group is the honest answer
         detail = (
             f"the real sensitive column {sensitive!r} has {groups.isna().sum()} missing value(s)"
@@ -299,8 +299,8 @@ def evaluate_synthetic(
 
     # Conform once here, so a bad synthetic value is reported as being in the synthetic table.
     kinds = _column_kinds(real, columns=list(real.columns))
-    real = _conform_frame(real, kinds, table="the real table")
-    synthetic = _conform_frame(synthetic, kinds, table="the synthetic table")
+    real = conform_frame(real, kinds, table="the real table")
+    synthetic = conform_frame(synthetic, kinds, table="the synthetic table")
     utility = utility_scores(
         synthetic,
         real,
@@ -352,7 +352,7 @@ def _binary_targets(
     reference_name, other_name = names
     labels: dict[str, pd.Series[Any]] = {}
     for name, frame in ((reference_name, reference), (other_name, other)):
-        labels[name] = _category_labels(frame[target])
+        labels[name] = category_labels(frame[target])
         missing = int(labels[name].isna().sum())
         if missing:
             detail = f"the {name} target {target!r} has {missing} missing value(s)"
@@ -398,7 +398,7 @@ def _column_kinds(reference: pd.DataFrame, *, columns: Sequence[str]) -> dict[st
     return kinds
 
 
-def _conform_frame(
+def conform_frame(
     frame: pd.DataFrame, kinds: Mapping[str, ColumnKind], *, table: str
 ) -> pd.DataFrame:
     """Give every column the representation its kind needs, whatever dtype a reader chose.
@@ -412,7 +412,7 @@ def _conform_frame(
             values = _numeric_values(frame[column], column=column, table=table)
             columns[column] = pd.Series(values, index=frame.index, dtype=np.float64)
         else:
-            columns[column] = _category_labels(frame[column])
+            columns[column] = category_labels(frame[column])
     return pd.DataFrame(columns, index=frame.index)
 
 
@@ -430,7 +430,7 @@ def _numeric_values(series: pd.Series[Any], *, column: str, table: str) -> NDArr
     return values
 
 
-def _category_labels(series: pd.Series[Any]) -> pd.Series[Any]:
+def category_labels(series: pd.Series[Any]) -> pd.Series[Any]:
     """Turn any column into text labels (object dtype, missing stays NaN) that compare by value."""
     missing = series.isna().to_numpy()
     values = series.to_numpy(dtype=object)

@@ -23,7 +23,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
-from fair4free.common.metrics import _category_labels, _conform_frame, feature_space
+from fair4free.common.metrics import category_labels, conform_frame, feature_space
 from fair4free.common.privacy_attack import (
     DEFAULT_PROJECTION_DIMS,
     MIN_NON_MEMBERS_FOR_TPR,
@@ -199,7 +199,7 @@ def evaluate_privacy(
     t_x = space.transform(train_rows, table="the train table")
     h_x = space.transform(holdout_rows, table="the holdout table")
     conformed = {
-        name: _conform_frame(frame, space.kinds, table=f"the {name} table")
+        name: conform_frame(frame, space.kinds, table=f"the {name} table")
         for name, frame in (("synthetic", synthetic), ("train", train), ("holdout", holdout_rows))
     }
 
@@ -344,7 +344,7 @@ def _shuffled(frame: pd.DataFrame, limit: int, rng: np.random.Generator) -> pd.D
 
 
 def _groups(frame: pd.DataFrame, sensitive: str) -> NDArray[np.object_]:
-    labels = _category_labels(frame[sensitive]).fillna(MISSING_GROUP)
+    labels = category_labels(frame[sensitive]).fillna(MISSING_GROUP)
     return np.asarray(labels.to_numpy(dtype=object), dtype=object)
 
 
