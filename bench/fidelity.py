@@ -125,6 +125,35 @@ def load_dataset(
     return datasets.load_adult(home) if name == "adult" else datasets.load_compas(home)
 
 
+def split_and_schema(
+    dataset: datasets.TabularDataset, settings: BenchSettings
+) -> tuple[TableSchema, pd.DataFrame, pd.DataFrame]:
+    """The table's schema and the benchmark's seeded, stratified train and test split."""
+    schema = dataset.schema()
+    train, test = datasets.split_table(
+        dataset.frame, target=schema.target, test_fraction=settings.test_fraction,
+        seed=settings.seed,
+    )  # fmt: skip
+    return schema, train, test
+
+
+def train_teacher(
+    train: pd.DataFrame,
+    schema: TableSchema,
+    dataset_name: str,
+    settings: BenchSettings,
+    *,
+    weight: float,
+    out: Path,
+) -> None:
+    """Train the teacher the benchmark scores, at one fairness weight, into ``out``."""
+    training = TrainingConfig(epochs=settings.epochs, fairness_weight=weight, seed=settings.seed)
+    train_to_directory(
+        train, schema, out=out, dataset_name=dataset_name, latent_dim=settings.latent_dim,
+        hidden=settings.hidden, training=training,
+    )  # fmt: skip
+
+
 def teacher_samples(teacher: Teacher, rows: int, seed: int) -> pd.DataFrame:
     """The teacher's own decoded samples, as the owner could make them (no distillation)."""
     rng = np.random.default_rng(seed)
@@ -198,11 +227,7 @@ def run(
     """The whole benchmark for one dataset; returns the results document."""
     torch.manual_seed(settings.seed)
     dataset = load_dataset(settings.dataset, data_home, cohort_rows, csv)
-    schema = dataset.schema()
-    train, test = datasets.split_table(
-        dataset.frame, target=schema.target, test_fraction=settings.test_fraction,
-        seed=settings.seed,
-    )  # fmt: skip
+    schema, train, test = split_and_schema(dataset, settings)
     logger.info("%s: %d training rows, %d test rows", dataset.name, len(train), len(test))
     rows: list[Row] = []
 
@@ -249,13 +274,10 @@ def run(
         work = Path(scratch)
         for weight in weights:
             model_dir = work / f"teacher-w{weight:g}"
-            training = TrainingConfig(
-                epochs=settings.epochs, fairness_weight=weight, seed=settings.seed
-            )
             _, train_seconds = timed(
                 functools.partial(
-                    train_to_directory, train, schema, out=model_dir, dataset_name=dataset.name,
-                    latent_dim=settings.latent_dim, hidden=settings.hidden, training=training,
+                    train_teacher, train, schema, dataset.name, settings, weight=weight,
+                    out=model_dir,
                 )
             )  # fmt: skip
             teacher = load_teacher(model_dir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import tempfile
@@ -29,7 +30,9 @@ from bench.fidelity import (
     decode_with_teacher,
     evaluate_rows,
     load_dataset,
+    split_and_schema,
     torch_provenance,
+    train_teacher,
 )
 from bench.provenance import timed
 from fair4free.common.cli_support import configure_logging, run_cli
@@ -38,7 +41,6 @@ from fair4free.consumer.distillation import DistillConfig
 from fair4free.consumer.student_models import LatentKernelDensity, StudentConfig
 from fair4free.data_owner import datasets, queries
 from fair4free.data_owner.registry import Teacher, load_teacher
-from fair4free.data_owner.train_pipeline import train_to_directory
 from fair4free.data_owner.training import TrainingConfig
 
 BANDWIDTHS = (0.02, 0.05, 0.1, 0.2, 0.3)
@@ -91,24 +93,18 @@ def run(settings: BenchSettings, data_home: Path | None, cohort_rows: int) -> di
     """Train the default teacher once, then score every latent model through its decoder."""
     torch.manual_seed(settings.seed)
     dataset = load_dataset(settings.dataset, data_home, cohort_rows)
-    schema = dataset.schema()
-    train, test = datasets.split_table(
-        dataset.frame, target=schema.target, test_fraction=settings.test_fraction,
-        seed=settings.seed,
-    )  # fmt: skip
+    schema, train, test = split_and_schema(dataset, settings)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fair4free-latents-") as scratch:
         model_dir = Path(scratch) / "teacher"
-        train_to_directory(
-            train, schema, out=model_dir, dataset_name=dataset.name,
-            latent_dim=settings.latent_dim, hidden=settings.hidden,
-            training=TrainingConfig(epochs=settings.epochs, seed=settings.seed),
-        )  # fmt: skip
+        train_teacher(
+            train, schema, dataset.name, settings, weight=settings.default_weight, out=model_dir
+        )
         teacher = load_teacher(model_dir)
         rng = np.random.default_rng(settings.seed)
         pool = queries.sample_latents(teacher, settings.distill.latent_rows, rng)
         for name, draw in candidates(teacher, pool, settings.seed).items():
-            latents, seconds = timed(lambda draw=draw: draw(len(train)))  # type: ignore[misc]
+            latents, seconds = timed(functools.partial(draw, len(train)))
             frame = decode_with_teacher(teacher, latents, np.random.default_rng(settings.seed))
             report = evaluate_rows(frame, test, schema, settings)
             check = collapse_report(torch.from_numpy(latents[:5000]), torch.from_numpy(pool[:5000]))
