@@ -135,6 +135,22 @@ class BudgetStatus:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PrivacyGuarantee:
+    """One differential-privacy guarantee the owner states for part of what it serves.
+
+    ``scope`` is ``"teacher"`` (the weights: Decode answers are post-processing of them) or
+    ``"latent_release"`` (every SampleLatents row released so far, to all callers together).
+    """
+
+    scope: str
+    mechanism: str
+    epsilon: float
+    delta: float
+    epsilon_limit: float
+    adjacency: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelManifest:
     """What the owner declares about the served model: enough to distill it, nothing more."""
 
@@ -149,6 +165,8 @@ class ModelManifest:
     max_rows_per_call: int
     caller_identity: str = ""
     budgets: tuple[BudgetStatus, ...] = ()
+    privacy_guarantees: tuple[PrivacyGuarantee, ...] = ()
+    evaluation_available: bool = False
 
 
 def manifest_to_proto(manifest: ModelManifest) -> pb.Manifest:
@@ -168,6 +186,18 @@ def manifest_to_proto(manifest: ModelManifest) -> pb.Manifest:
             pb.Budget(method=b.method, limit=b.limit, remaining=b.remaining)
             for b in manifest.budgets
         ],
+        privacy_guarantees=[
+            pb.PrivacyGuarantee(
+                scope=g.scope,
+                mechanism=g.mechanism,
+                epsilon=g.epsilon,
+                delta=g.delta,
+                epsilon_limit=g.epsilon_limit,
+                adjacency=g.adjacency,
+            )
+            for g in manifest.privacy_guarantees
+        ],
+        evaluation_available=manifest.evaluation_available,
     )
 
 
@@ -202,4 +232,16 @@ def manifest_from_proto(message: pb.Manifest) -> ModelManifest:
             BudgetStatus(method=b.method, limit=b.limit, remaining=b.remaining)
             for b in message.budgets
         ),
+        privacy_guarantees=tuple(
+            PrivacyGuarantee(
+                scope=g.scope,
+                mechanism=g.mechanism,
+                epsilon=g.epsilon,
+                delta=g.delta,
+                epsilon_limit=g.epsilon_limit,
+                adjacency=g.adjacency,
+            )
+            for g in message.privacy_guarantees
+        ),
+        evaluation_available=message.evaluation_available,
     )

@@ -8,6 +8,7 @@ from fair4free.common.codec import (
     MANIFEST_FORMAT_VERSION,
     BudgetStatus,
     ModelManifest,
+    PrivacyGuarantee,
     check_index_bounds,
     check_request_id,
     check_row_count,
@@ -121,6 +122,17 @@ def _manifest() -> ModelManifest:
         max_rows_per_call=4096,
         caller_identity="fair4free://consumer/acme",
         budgets=(BudgetStatus(method="Decode", limit=100, remaining=40),),
+        privacy_guarantees=(
+            PrivacyGuarantee(
+                scope="teacher",
+                mechanism="dp-sgd",
+                epsilon=7.9,
+                delta=1e-5,
+                epsilon_limit=7.9,
+                adjacency="add or remove one record",
+            ),
+        ),
+        evaluation_available=True,
     )
 
 

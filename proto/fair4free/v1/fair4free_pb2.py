@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x61ir4free/v1/fair4free.proto\x12\x0c\x66\x61ir4free.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"(\n\x12GetManifestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x9b\x02\n\x08Manifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\x05\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12\x15\n\rencoding_json\x18\x04 \x01(\t\x12\x12\n\nlatent_dim\x18\x05 \x01(\x05\x12\x12\n\noutput_dim\x18\x06 \x01(\x05\x12\x1a\n\x12sensitive_marginal\x18\x07 \x03(\x01\x12\x19\n\x11privacy_statement\x18\x08 \x01(\t\x12\x19\n\x11max_rows_per_call\x18\t \x01(\x03\x12\x17\n\x0f\x63\x61ller_identity\x18\n \x01(\t\x12%\n\x07\x62udgets\x18\x0b \x03(\x0b\x32\x14.fair4free.v1.Budget\":\n\x06\x42udget\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\"8\n\x14SampleLatentsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\"4\n\x0bLatentBatch\x12%\n\x07latents\x18\x01 \x01(\x0b\x32\x14.fair4free.v1.Tensor\"s\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x07latents\x18\x02 \x01(\x0b\x32\x14.fair4free.v1.Tensor\x12\'\n\tsensitive\x18\x03 \x01(\x0b\x32\x14.fair4free.v1.Tensor\"7\n\x0e\x44\x65\x63odeResponse\x12%\n\x07outputs\x18\x01 \x01(\x0b\x32\x14.fair4free.v1.Tensor2\xee\x01\n\x0cOwnerService\x12G\n\x0bGetManifest\x12 .fair4free.v1.GetManifestRequest\x1a\x16.fair4free.v1.Manifest\x12P\n\rSampleLatents\x12\".fair4free.v1.SampleLatentsRequest\x1a\x19.fair4free.v1.LatentBatch0\x01\x12\x43\n\x06\x44\x65\x63ode\x12\x1b.fair4free.v1.DecodeRequest\x1a\x1c.fair4free.v1.DecodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x61ir4free/v1/fair4free.proto\x12\x0c\x66\x61ir4free.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"(\n\x12GetManifestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xf5\x02\n\x08Manifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\x05\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12\x15\n\rencoding_json\x18\x04 \x01(\t\x12\x12\n\nlatent_dim\x18\x05 \x01(\x05\x12\x12\n\noutput_dim\x18\x06 \x01(\x05\x12\x1a\n\x12sensitive_marginal\x18\x07 \x03(\x01\x12\x19\n\x11privacy_statement\x18\x08 \x01(\t\x12\x19\n\x11max_rows_per_call\x18\t \x01(\x03\x12\x17\n\x0f\x63\x61ller_identity\x18\n \x01(\t\x12%\n\x07\x62udgets\x18\x0b \x03(\x0b\x32\x14.fair4free.v1.Budget\x12:\n\x12privacy_guarantees\x18\x0c \x03(\x0b\x32\x1e.fair4free.v1.PrivacyGuarantee\x12\x1c\n\x14\x65valuation_available\x18\r \x01(\x08\"~\n\x10PrivacyGuarantee\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x11\n\tmechanism\x18\x02 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x15\n\repsilon_limit\x18\x05 \x01(\x01\x12\x11\n\tadjacency\x18\x06 \x01(\t\":\n\x06\x42udget\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x11\n\tremaining\x18\x03 \x01(\x03\"8\n\x14SampleLatentsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\"4\n\x0bLatentBatch\x12%\n\x07latents\x18\x01 \x01(\x0b\x32\x14.fair4free.v1.Tensor\"s\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x07latents\x18\x02 \x01(\x0b\x32\x14.fair4free.v1.Tensor\x12\'\n\tsensitive\x18\x03 \x01(\x0b\x32\x14.fair4free.v1.Tensor\"7\n\x0e\x44\x65\x63odeResponse\x12%\n\x07outputs\x18\x01 \x01(\x0b\x32\x14.fair4free.v1.Tensor\"\x84\x01\n\rEvaluateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ntotal_rows\x18\x02 \x01(\x03\x12\"\n\x04rows\x18\x03 \x01(\x0b\x32\x14.fair4free.v1.Tensor\x12\'\n\tsensitive\x18\x04 \x01(\x0b\x32\x14.fair4free.v1.Tensor\"R\n\x10\x45valuateResponse\x12\x13\n\x0breport_json\x18\x01 \x01(\t\x12\x13\n\x0brows_scored\x18\x02 \x01(\x03\x12\x14\n\x0choldout_rows\x18\x03 \x01(\x03\x32\xb9\x02\n\x0cOwnerService\x12G\n\x0bGetManifest\x12 .fair4free.v1.GetManifestRequest\x1a\x16.fair4free.v1.Manifest\x12P\n\rSampleLatents\x12\".fair4free.v1.SampleLatentsRequest\x1a\x19.fair4free.v1.LatentBatch0\x01\x12\x43\n\x06\x44\x65\x63ode\x12\x1b.fair4free.v1.DecodeRequest\x1a\x1c.fair4free.v1.DecodeResponse\x12I\n\x08\x45valuate\x12\x1b.fair4free.v1.EvaluateChunk\x1a\x1e.fair4free.v1.EvaluateResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,17 +36,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMANIFESTREQUEST']._serialized_start=100
   _globals['_GETMANIFESTREQUEST']._serialized_end=140
   _globals['_MANIFEST']._serialized_start=143
-  _globals['_MANIFEST']._serialized_end=426
-  _globals['_BUDGET']._serialized_start=428
-  _globals['_BUDGET']._serialized_end=486
-  _globals['_SAMPLELATENTSREQUEST']._serialized_start=488
-  _globals['_SAMPLELATENTSREQUEST']._serialized_end=544
-  _globals['_LATENTBATCH']._serialized_start=546
-  _globals['_LATENTBATCH']._serialized_end=598
-  _globals['_DECODEREQUEST']._serialized_start=600
-  _globals['_DECODEREQUEST']._serialized_end=715
-  _globals['_DECODERESPONSE']._serialized_start=717
-  _globals['_DECODERESPONSE']._serialized_end=772
-  _globals['_OWNERSERVICE']._serialized_start=775
-  _globals['_OWNERSERVICE']._serialized_end=1013
+  _globals['_MANIFEST']._serialized_end=516
+  _globals['_PRIVACYGUARANTEE']._serialized_start=518
+  _globals['_PRIVACYGUARANTEE']._serialized_end=644
+  _globals['_BUDGET']._serialized_start=646
+  _globals['_BUDGET']._serialized_end=704
+  _globals['_SAMPLELATENTSREQUEST']._serialized_start=706
+  _globals['_SAMPLELATENTSREQUEST']._serialized_end=762
+  _globals['_LATENTBATCH']._serialized_start=764
+  _globals['_LATENTBATCH']._serialized_end=816
+  _globals['_DECODEREQUEST']._serialized_start=818
+  _globals['_DECODEREQUEST']._serialized_end=933
+  _globals['_DECODERESPONSE']._serialized_start=935
+  _globals['_DECODERESPONSE']._serialized_end=990
+  _globals['_EVALUATECHUNK']._serialized_start=993
+  _globals['_EVALUATECHUNK']._serialized_end=1125
+  _globals['_EVALUATERESPONSE']._serialized_start=1127
+  _globals['_EVALUATERESPONSE']._serialized_end=1209
+  _globals['_OWNERSERVICE']._serialized_start=1212
+  _globals['_OWNERSERVICE']._serialized_end=1525
 # @@protoc_insertion_point(module_scope)

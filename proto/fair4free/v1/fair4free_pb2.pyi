@@ -89,6 +89,8 @@ class Manifest(_message.Message):
     MAX_ROWS_PER_CALL_FIELD_NUMBER: _builtins.int
     CALLER_IDENTITY_FIELD_NUMBER: _builtins.int
     BUDGETS_FIELD_NUMBER: _builtins.int
+    PRIVACY_GUARANTEES_FIELD_NUMBER: _builtins.int
+    EVALUATION_AVAILABLE_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """Version of this manifest's layout; the consumer refuses versions it does not know."""
     model_id: _builtins.str
@@ -107,6 +109,8 @@ class Manifest(_message.Message):
     """Largest number of rows one SampleLatents or Decode call may ask for (for this caller)."""
     caller_identity: _builtins.str
     """The caller's identity as the owner sees it (the client certificate's SAN URI)."""
+    evaluation_available: _builtins.bool
+    """Whether Evaluate is served: the owner started the daemon with its evaluation data."""
     @_builtins.property
     def sensitive_marginal(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """p(s) over the sensitive categories, in the encoding's category order."""
@@ -114,6 +118,10 @@ class Manifest(_message.Message):
     @_builtins.property
     def budgets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Budget]:
         """The caller's row budgets, one per budgeted method."""
+
+    @_builtins.property
+    def privacy_guarantees(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrivacyGuarantee]:
+        """The formal guarantees behind privacy_statement, one per mechanism; empty when none hold."""
 
     def __init__(
         self,
@@ -129,14 +137,61 @@ class Manifest(_message.Message):
         max_rows_per_call: _builtins.int = ...,
         caller_identity: _builtins.str = ...,
         budgets: _abc.Iterable[Global___Budget] | None = ...,
+        privacy_guarantees: _abc.Iterable[Global___PrivacyGuarantee] | None = ...,
+        evaluation_available: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "caller_identity", b"caller_identity", "content_hash", b"content_hash", "encoding_json", b"encoding_json", "format_version", b"format_version", "latent_dim", b"latent_dim", "max_rows_per_call", b"max_rows_per_call", "model_id", b"model_id", "output_dim", b"output_dim", "privacy_statement", b"privacy_statement", "sensitive_marginal", b"sensitive_marginal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "caller_identity", b"caller_identity", "content_hash", b"content_hash", "encoding_json", b"encoding_json", "evaluation_available", b"evaluation_available", "format_version", b"format_version", "latent_dim", b"latent_dim", "max_rows_per_call", b"max_rows_per_call", "model_id", b"model_id", "output_dim", b"output_dim", "privacy_guarantees", b"privacy_guarantees", "privacy_statement", b"privacy_statement", "sensitive_marginal", b"sensitive_marginal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Manifest: _TypeAlias = Manifest  # noqa: Y015
+
+@_typing.final
+class PrivacyGuarantee(_message.Message):
+    """One differential-privacy guarantee that holds for part of what the daemon serves."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    MECHANISM_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    EPSILON_LIMIT_FIELD_NUMBER: _builtins.int
+    ADJACENCY_FIELD_NUMBER: _builtins.int
+    scope: _builtins.str
+    """What it covers: "teacher" (the weights; Decode answers are post-processing of them) or
+    "latent_release" (the rows SampleLatents has released so far, to every caller together).
+    """
+    mechanism: _builtins.str
+    """"dp-sgd" or "gaussian"."""
+    epsilon: _builtins.float
+    """Privacy loss spent so far."""
+    delta: _builtins.float
+    epsilon_limit: _builtins.float
+    """The most epsilon can reach before the daemon refuses further answers in this scope; equal to
+    epsilon for a guarantee that no longer grows (a trained teacher).
+    """
+    adjacency: _builtins.str
+    """The neighbouring relation the guarantee is stated for, e.g. "add or remove one record"."""
+    def __init__(
+        self,
+        *,
+        scope: _builtins.str = ...,
+        mechanism: _builtins.str = ...,
+        epsilon: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        epsilon_limit: _builtins.float = ...,
+        adjacency: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjacency", b"adjacency", "delta", b"delta", "epsilon", b"epsilon", "epsilon_limit", b"epsilon_limit", "mechanism", b"mechanism", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrivacyGuarantee: _TypeAlias = PrivacyGuarantee  # noqa: Y015
 
 @_typing.final
 class Budget(_message.Message):
@@ -195,7 +250,9 @@ class LatentBatch(_message.Message):
     LATENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def latents(self) -> Global___Tensor:
-        """float32 [rows, latent_dim]: posterior samples z ~ q(z | x) of randomly chosen training rows."""
+        """float32 [rows, latent_dim]: posterior samples z ~ q(z | x, s) of randomly chosen training rows,
+        or, under the "gaussian" release, clipped posterior means plus calibrated Gaussian noise.
+        """
 
     def __init__(
         self,
@@ -264,3 +321,73 @@ class DecodeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecodeResponse: _TypeAlias = DecodeResponse  # noqa: Y015
+
+@_typing.final
+class EvaluateChunk(_message.Message):
+    """One streamed chunk of synthetic rows the consumer asks the owner to score."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_ROWS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    SENSITIVE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Client-generated id; the same on every chunk of one call."""
+    total_rows: _builtins.int
+    """Rows the whole call will carry; set on the first chunk (the call is charged for it up front)
+    and the stream must deliver exactly that many.
+    """
+    @_builtins.property
+    def rows(self) -> Global___Tensor:
+        """float32 [rows, output_dim]: rows in model space (features then target), as the manifest's
+        encoding writes them.
+        """
+
+    @_builtins.property
+    def sensitive(self) -> Global___Tensor:
+        """int64 [rows]: sensitive category index per row, in the encoding's category order."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        total_rows: _builtins.int = ...,
+        rows: Global___Tensor | None = ...,
+        sensitive: Global___Tensor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "sensitive", b"sensitive"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "rows", b"rows", "sensitive", b"sensitive", "total_rows", b"total_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateChunk: _TypeAlias = EvaluateChunk  # noqa: Y015
+
+@_typing.final
+class EvaluateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_JSON_FIELD_NUMBER: _builtins.int
+    ROWS_SCORED_FIELD_NUMBER: _builtins.int
+    HOLDOUT_ROWS_FIELD_NUMBER: _builtins.int
+    report_json: _builtins.str
+    """Aggregates over the owner's private hold-out only, never a row: canonical JSON with the
+    sections "fairness", "utility", "quality" and "privacy".
+    """
+    rows_scored: _builtins.int
+    holdout_rows: _builtins.int
+    def __init__(
+        self,
+        *,
+        report_json: _builtins.str = ...,
+        rows_scored: _builtins.int = ...,
+        holdout_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdout_rows", b"holdout_rows", "report_json", b"report_json", "rows_scored", b"rows_scored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateResponse: _TypeAlias = EvaluateResponse  # noqa: Y015

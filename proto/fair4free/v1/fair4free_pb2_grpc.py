@@ -49,6 +49,11 @@ class OwnerServiceStub:
                 request_serializer=fair4free_dot_v1_dot_fair4free__pb2.DecodeRequest.SerializeToString,
                 response_deserializer=fair4free_dot_v1_dot_fair4free__pb2.DecodeResponse.FromString,
                 _registered_method=True)
+        self.Evaluate = channel.stream_unary(
+                '/fair4free.v1.OwnerService/Evaluate',
+                request_serializer=fair4free_dot_v1_dot_fair4free__pb2.EvaluateChunk.SerializeToString,
+                response_deserializer=fair4free_dot_v1_dot_fair4free__pb2.EvaluateResponse.FromString,
+                _registered_method=True)
 
 
 class OwnerServiceServicer:
@@ -72,6 +77,13 @@ class OwnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evaluate(self, request_iterator, context):
+        """Scores the consumer's synthetic rows against the owner's hold-out; answers aggregates only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OwnerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +101,11 @@ def add_OwnerServiceServicer_to_server(servicer, server):
                     servicer.Decode,
                     request_deserializer=fair4free_dot_v1_dot_fair4free__pb2.DecodeRequest.FromString,
                     response_serializer=fair4free_dot_v1_dot_fair4free__pb2.DecodeResponse.SerializeToString,
+            ),
+            'Evaluate': grpc.stream_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=fair4free_dot_v1_dot_fair4free__pb2.EvaluateChunk.FromString,
+                    response_serializer=fair4free_dot_v1_dot_fair4free__pb2.EvaluateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +189,33 @@ class OwnerService:
             '/fair4free.v1.OwnerService/Decode',
             fair4free_dot_v1_dot_fair4free__pb2.DecodeRequest.SerializeToString,
             fair4free_dot_v1_dot_fair4free__pb2.DecodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fair4free.v1.OwnerService/Evaluate',
+            fair4free_dot_v1_dot_fair4free__pb2.EvaluateChunk.SerializeToString,
+            fair4free_dot_v1_dot_fair4free__pb2.EvaluateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class OwnerServiceStub:
     GetManifest: _grpc.UnaryUnaryMultiCallable[_fair4free_pb2.GetManifestRequest, _fair4free_pb2.Manifest]
     SampleLatents: _grpc.UnaryStreamMultiCallable[_fair4free_pb2.SampleLatentsRequest, _fair4free_pb2.LatentBatch]
     Decode: _grpc.UnaryUnaryMultiCallable[_fair4free_pb2.DecodeRequest, _fair4free_pb2.DecodeResponse]
+    Evaluate: _grpc.StreamUnaryMultiCallable[_fair4free_pb2.EvaluateChunk, _fair4free_pb2.EvaluateResponse]
+    """Scores the consumer's synthetic rows against the owner's hold-out; answers aggregates only."""
 
 @_typing.type_check_only
 class OwnerServiceAsyncStub(OwnerServiceStub):
@@ -46,6 +48,8 @@ class OwnerServiceAsyncStub(OwnerServiceStub):
     GetManifest: _aio.UnaryUnaryMultiCallable[_fair4free_pb2.GetManifestRequest, _fair4free_pb2.Manifest]  # type: ignore[assignment]
     SampleLatents: _aio.UnaryStreamMultiCallable[_fair4free_pb2.SampleLatentsRequest, _fair4free_pb2.LatentBatch]  # type: ignore[assignment]
     Decode: _aio.UnaryUnaryMultiCallable[_fair4free_pb2.DecodeRequest, _fair4free_pb2.DecodeResponse]  # type: ignore[assignment]
+    Evaluate: _aio.StreamUnaryMultiCallable[_fair4free_pb2.EvaluateChunk, _fair4free_pb2.EvaluateResponse]  # type: ignore[assignment]
+    """Scores the consumer's synthetic rows against the owner's hold-out; answers aggregates only."""
 
 class OwnerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -68,5 +72,13 @@ class OwnerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fair4free_pb2.DecodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fair4free_pb2.DecodeResponse, _abc.Awaitable[_fair4free_pb2.DecodeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Evaluate(
+        self,
+        request_iterator: _MaybeAsyncIterator[_fair4free_pb2.EvaluateChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_fair4free_pb2.EvaluateResponse, _abc.Awaitable[_fair4free_pb2.EvaluateResponse]]:
+        """Scores the consumer's synthetic rows against the owner's hold-out; answers aggregates only."""
 
 def add_OwnerServiceServicer_to_server(servicer: OwnerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
