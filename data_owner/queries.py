@@ -10,18 +10,26 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from fair4free.common.codec import MANIFEST_FORMAT_VERSION, ModelManifest
+from fair4free.common.codec import MANIFEST_FORMAT_VERSION, ModelManifest, PrivacyGuarantee
 from fair4free.common.tabular_heads import block_activations
+from fair4free.data_owner.privacy_statement import LatentMode, privacy_statement, teacher_guarantee
 from fair4free.data_owner.registry import Teacher
 
-NO_PRIVACY_STATEMENT = (
-    "No formal privacy guarantee: the teacher was trained without differential privacy. "
-    "Latent samples are posterior draws of randomly chosen training rows."
-)
 
+def build_manifest(
+    teacher: Teacher,
+    *,
+    max_rows_per_call: int,
+    latent_mode: LatentMode = "posterior",
+    release: PrivacyGuarantee | None = None,
+    evaluation_available: bool = False,
+) -> ModelManifest:
+    """Everything a consumer needs to distill the teacher and decode its outputs.
 
-def build_manifest(teacher: Teacher, *, max_rows_per_call: int) -> ModelManifest:
-    """Everything a consumer needs to distill the teacher and decode its outputs."""
+    ``release`` is the latent release mechanism's guarantee as of now (it grows with every row
+    released), so the servicer rebuilds the manifest per call when one is configured.
+    """
+    guarantees = tuple(g for g in (teacher_guarantee(teacher.metadata), release) if g is not None)
     return ModelManifest(
         format_version=MANIFEST_FORMAT_VERSION,
         model_id=teacher.model_id,
@@ -30,8 +38,10 @@ def build_manifest(teacher: Teacher, *, max_rows_per_call: int) -> ModelManifest
         latent_dim=teacher.model.config.latent_dim,
         output_dim=teacher.model.config.input_dim,
         sensitive_marginal=tuple(teacher.encoder.sensitive_marginal),
-        privacy_statement=NO_PRIVACY_STATEMENT,
+        privacy_statement=privacy_statement(guarantees, latent_mode),
         max_rows_per_call=max_rows_per_call,
+        privacy_guarantees=guarantees,
+        evaluation_available=evaluation_available,
     )
 
 
