@@ -61,6 +61,10 @@ class ErrorCode(Enum):
     RATE_LIMITED = "rate_limited"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     ANSWER_PRUNED = "answer_pruned"
+    PRIVACY_SETTINGS_INVALID = "privacy_settings_invalid"
+    PRIVACY_BUDGET_EXHAUSTED = "privacy_budget_exhausted"
+    EVALUATION_UNAVAILABLE = "evaluation_unavailable"
+    RELEASE_GATE_FAILED = "release_gate_failed"
     UNAUTHENTICATED = "unauthenticated"
     TLS_MATERIAL = "tls_material"
     SERVER_UNREACHABLE = "server_unreachable"
@@ -182,6 +186,29 @@ CATALOG: dict[ErrorCode, CatalogEntry] = {
         status=grpc.StatusCode.FAILED_PRECONDITION,
         exit_code=ExitCode.REFUSED,
         hint="send the request again under a new request id; it is charged as a new request",
+    ),
+    ErrorCode.PRIVACY_SETTINGS_INVALID: CatalogEntry(
+        status=grpc.StatusCode.INVALID_ARGUMENT,
+        exit_code=ExitCode.BAD_INPUT,
+        hint="choose epsilon > 0, delta < 1/rows and enough rows for that epsilon "
+        "(see docs/privacy.md)",
+    ),
+    ErrorCode.PRIVACY_BUDGET_EXHAUSTED: CatalogEntry(
+        status=grpc.StatusCode.RESOURCE_EXHAUSTED,
+        exit_code=ExitCode.REFUSED,
+        hint="the owner's latent release budget is spent; ask the owner for a new release budget "
+        "or distill from the latents already received",
+    ),
+    ErrorCode.EVALUATION_UNAVAILABLE: CatalogEntry(
+        status=grpc.StatusCode.FAILED_PRECONDITION,
+        exit_code=ExitCode.REFUSED,
+        hint="the owner serves Evaluate only when serve is started with --evaluation-data",
+    ),
+    ErrorCode.RELEASE_GATE_FAILED: CatalogEntry(
+        status=grpc.StatusCode.FAILED_PRECONDITION,
+        exit_code=ExitCode.REFUSED,
+        hint="run `fair4free-owner release-check` for this model, or retrain it (e.g. with "
+        "--dp-epsilon) until it passes the gate",
     ),
     ErrorCode.UNAUTHENTICATED: CatalogEntry(
         status=grpc.StatusCode.UNAUTHENTICATED,

@@ -20,6 +20,7 @@ from fair4free.common.codec import (
     tensor_from_proto,
     tensor_to_proto,
 )
+from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.data_owner import queries
 from fair4free.data_owner.access import BudgetView
 from fair4free.data_owner.registry import Teacher
@@ -92,3 +93,11 @@ class OwnerServicer(pb_grpc.OwnerServiceServicer):
         check_index_bounds(sensitive, field="sensitive", upper=config.n_sensitive)
         outputs = queries.decode(self._teacher, latents, sensitive)
         return pb.DecodeResponse(outputs=tensor_to_proto(outputs))
+
+    def Evaluate(  # noqa: N802
+        self, request_iterator: Iterator[pb.EvaluateChunk], context: grpc.ServicerContext
+    ) -> pb.EvaluateResponse:
+        """Owner-side scoring is not wired yet (issue 6); refuse plainly rather than hang."""
+        raise Fair4FreeError(
+            ErrorCode.EVALUATION_UNAVAILABLE, "this daemon does not serve Evaluate"
+        )
