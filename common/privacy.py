@@ -2,10 +2,17 @@
 
 Every score compares the training rows with a hold-out of real rows the generator never saw,
 because a synthetic row close to a real record is no leak when unseen records are as close: the
-question is whether training left a mark. The hold-out is split in two for the attack (a
-reference half for the population's density, a non-member half to attack), and the training
-rows are sampled down to the hold-out's size (seeded) so that both sides of every comparison
-hold as many rows. Distances live in the one-hot + scaled feature space of
+question is whether training left a mark. The distance to closest record (DCR) ratio asks it
+directly: are synthetic rows closer to the training rows than hold-out rows are? Both sets are
+measured against the same reference, every training row (up to ``max_reference_rows``), so the
+ratio does not depend on how many training and hold-out rows there are: a generator that copies
+its training rows scores 0 however few of them the hold-out matches in number. The comparisons
+that set synthetic rows between training and hold-out rows (``closer_to_train_share``) and the
+attack need as many rows on both sides, so for them the training rows are sampled down to the
+hold-out's size (seeded); that dilutes them when the training rows far outnumber the hold-out
+(a copy of every Adult training row: closer-to-train share 0.565, attack AUC 0.532). The
+hold-out is split in two for the attack (a reference half for the population's density, a
+non-member half to attack). Distances live in the one-hot + scaled feature space of
 ``metrics.feature_space``, fitted on the sampled training and hold-out rows together; exact copies
 compare the original values. Every score is also given per sensitive group, where a rare group's
 records are the likeliest to be memorised. ``PrivacyConfig.max_rows`` bounds the quadratic cost.
@@ -39,6 +46,7 @@ from fair4free.common.privacy_distances import (
 )
 
 DEFAULT_MAX_ROWS = 5000
+DEFAULT_MAX_REFERENCE_ROWS = 100_000
 DEFAULT_MIN_GROUP_ROWS = 20
 MISSING_GROUP = "(missing)"
 """The group of rows whose sensitive value is missing; they still count in the overall scores."""
@@ -46,12 +54,13 @@ MISSING_GROUP = "(missing)"
 _SYNTHETIC_SCORES = (
     "dcr_train_median",
     "dcr_holdout_median",
+    "holdout_dcr_train_median",
     "dcr_ratio",
     "closer_to_train_share",
     "nndr_synthetic_median",
     "exact_copy_share",
 )
-_HOLDOUT_SCORES = ("nndr_holdout_median", "holdout_copy_share")
+_HOLDOUT_SCORES = ("nndr_holdout_median", "holdout_copy_share", "holdout_dcr_train_median")
 _ATTACK_SCORES = ("mia_auc", "mia_tpr_at_1pct_fpr")
 
 
@@ -62,12 +71,14 @@ class PrivacyConfig:
     seed: int = 0
     max_rows: int = DEFAULT_MAX_ROWS
     """At most this many synthetic, training and hold-out rows: distances cost their product."""
+    max_reference_rows: int = DEFAULT_MAX_REFERENCE_ROWS
+    """At most this many training rows as the reference of the DCR ratio (all of them, usually)."""
     projection_dims: int = DEFAULT_PROJECTION_DIMS
     min_group_rows: int = DEFAULT_MIN_GROUP_ROWS
     """A group with fewer rows of a kind gets no score from them: one row would be an anecdote."""
 
     def __post_init__(self) -> None:
-        for name in ("max_rows", "projection_dims", "min_group_rows"):
+        for name in ("max_rows", "max_reference_rows", "projection_dims", "min_group_rows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 detail = f"{name} must be a positive integer, got {value!r}"
@@ -90,9 +101,12 @@ class PrivacyScores:
     dcr_train_median: float
     """Median distance from a synthetic row to its closest training row."""
     dcr_holdout_median: float
-    """Median distance from a synthetic row to its closest hold-out row."""
+    """Median distance from a synthetic row to its closest (sampled) hold-out row."""
+    holdout_dcr_train_median: float
+    """Median distance from a hold-out row to its closest training row: the baseline."""
     dcr_ratio: float
-    """dcr_train_median / dcr_holdout_median; below 1, synthetic rows hug the training rows."""
+    """dcr_train_median / holdout_dcr_train_median; below 1, synthetic rows hug the training
+    rows more closely than unseen real records do."""
     closer_to_train_share: float
     """Share of synthetic rows nearer a training row than any hold-out row; 0.5 is no leak."""
     nndr_synthetic_median: float
@@ -153,7 +167,9 @@ class _RowScores:
     """Every per-row quantity, with each row's group, so any set of groups is a mask away."""
 
     to_train: NDArray[np.float64]
+    to_sampled_train: NDArray[np.float64]
     to_holdout: NDArray[np.float64]
+    holdout_to_train: NDArray[np.float64]
     synthetic_nndr: NDArray[np.float64]
     synthetic_copy: NDArray[np.bool_]
     synthetic_group: NDArray[np.object_]
@@ -181,7 +197,9 @@ def evaluate_privacy(
     other column. Rows are drawn with ``config.seed``: at most ``max_rows`` synthetic rows; the
     hold-out and the training rows for distances and the attack are the same number n =
     min(|train|, |holdout|, max_rows); the hold-out splits into n // 2 reference rows and the rest
-    as non-members, against as many members from the sampled training rows. Exact copies are
+    as non-members, against as many members from the sampled training rows. The DCR ratio and the
+    distance ratios measure synthetic and hold-out rows alike against every training row (at most
+    ``max_reference_rows``). Exact copies are
     looked up among all training rows, for the synthetic and hold-out rows alike: by hashing,
     which costs time linear in the rows, not quadratic like the distances.
     """
@@ -193,11 +211,13 @@ def evaluate_privacy(
     synthetic = _shuffled(synthetic[columns], config.max_rows, rng)
     n = min(len(train), len(holdout), config.max_rows)
     train_rows, holdout_rows = _shuffled(train, n, rng), _shuffled(holdout[columns], n, rng)
+    reference = _shuffled(train, config.max_reference_rows, rng)
 
     space = feature_space(pd.concat([train_rows, holdout_rows]), columns=columns)
     s_x = space.transform(synthetic, table="the synthetic table")
     t_x = space.transform(train_rows, table="the train table")
     h_x = space.transform(holdout_rows, table="the holdout table")
+    r_x = space.transform(reference, table="the train table")
     conformed = {
         name: conform_frame(frame, space.kinds, table=f"the {name} table")
         for name, frame in (("synthetic", synthetic), ("train", train), ("holdout", holdout_rows))
@@ -207,15 +227,18 @@ def evaluate_privacy(
     non_members = h_x[n_reference:]
     members = t_x[: len(non_members)]
     candidates = np.vstack([members, non_members])
-    synthetic_to_train = nearest_distances(s_x, t_x, k=2)
+    synthetic_to_train = nearest_distances(s_x, r_x, k=2)
+    holdout_to_train = nearest_distances(h_x, r_x, k=2)
     holdout_groups = _groups(holdout_rows, sensitive)
     rows = _RowScores(
         to_train=synthetic_to_train[:, 0],
+        to_sampled_train=nearest_distances(s_x, t_x, k=1)[:, 0],
         to_holdout=nearest_distances(s_x, h_x, k=1)[:, 0],
+        holdout_to_train=holdout_to_train[:, 0],
         synthetic_nndr=distance_ratio(synthetic_to_train),
         synthetic_copy=exact_copies(conformed["synthetic"], conformed["train"]),
         synthetic_group=_groups(synthetic, sensitive),
-        holdout_nndr=distance_ratio(nearest_distances(h_x, t_x, k=2)),
+        holdout_nndr=distance_ratio(holdout_to_train),
         holdout_copy=exact_copies(conformed["holdout"], conformed["train"]),
         holdout_group=holdout_groups,
         attack_score=density_ratio_scores(
@@ -239,6 +262,7 @@ def evaluate_privacy(
             "train": len(train),
             "holdout": n,
             "train_for_distances": n,
+            "train_for_dcr": len(reference),
             "attack_reference": n_reference,
             "attack_members": len(members),
             "attack_non_members": len(non_members),
@@ -267,19 +291,23 @@ def _summarise(rows: _RowScores, group: str | None, min_rows: int) -> PrivacySco
         to_train, to_holdout = rows.to_train[synthetic], rows.to_holdout[synthetic]
         scores["dcr_train_median"] = float(np.median(to_train))
         scores["dcr_holdout_median"] = float(np.median(to_holdout))
-        if scores["dcr_holdout_median"] > 0.0:
-            scores["dcr_ratio"] = scores["dcr_train_median"] / scores["dcr_holdout_median"]
-        else:
-            undefined["dcr_ratio"] = (
-                "the median distance to the hold-out is 0 (records repeat in this table); "
-                "read closer_to_train_share instead"
-            )
-        scores["closer_to_train_share"] = closer_share(to_train, to_holdout)
+        scores["closer_to_train_share"] = closer_share(rows.to_sampled_train[synthetic], to_holdout)
         scores["nndr_synthetic_median"] = float(np.median(rows.synthetic_nndr[synthetic]))
         scores["exact_copy_share"] = float(np.mean(rows.synthetic_copy[synthetic]))
     if enough(n_holdout, f"{n_holdout} hold-out rows", _HOLDOUT_SCORES):
         scores["nndr_holdout_median"] = float(np.median(rows.holdout_nndr[holdout]))
         scores["holdout_copy_share"] = float(np.mean(rows.holdout_copy[holdout]))
+        scores["holdout_dcr_train_median"] = float(np.median(rows.holdout_to_train[holdout]))
+    baseline = scores["holdout_dcr_train_median"]
+    if baseline > 0.0 and not math.isnan(scores["dcr_train_median"]):
+        scores["dcr_ratio"] = scores["dcr_train_median"] / baseline
+    elif baseline == 0.0:
+        undefined["dcr_ratio"] = (
+            "the median hold-out row equals a training row (records repeat in this table); "
+            "read closer_to_train_share and exact_copy_share instead"
+        )
+    elif math.isnan(baseline) and "dcr_ratio" not in undefined:
+        undefined["dcr_ratio"] = undefined["holdout_dcr_train_median"]
     attacked = rows.attack_score[candidates]
     attack_rows = f"{n_members} members and {n_non_members} non-members"
     if enough(min(n_members, n_non_members), attack_rows, _ATTACK_SCORES):

@@ -24,6 +24,7 @@ from fair4free.common.table_io import read_table
 _TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("DCR-train", "dcr_train_median"),
     ("DCR-hold", "dcr_holdout_median"),
+    ("hold-DCR", "holdout_dcr_train_median"),
     ("DCR-ratio", "dcr_ratio"),
     ("closer-T", "closer_to_train_share"),
     ("NNDR-syn", "nndr_synthetic_median"),

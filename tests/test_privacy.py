@@ -205,9 +205,11 @@ def test_the_report_matches_a_brute_force_computation() -> None:
     for group, scores in [(None, report.overall), *report.groups.items()]:
         in_s, in_h = among(synthetic, group), among(holdout, group)
         dcr_t, dcr_h = np.median(to_train[in_s, 0]), np.median(to_holdout[in_s])
+        baseline = np.median(holdout_to_train[in_h, 0])
         assert scores.dcr_train_median == pytest.approx(dcr_t, rel=1e-9)
         assert scores.dcr_holdout_median == pytest.approx(dcr_h, rel=1e-9)
-        assert scores.dcr_ratio == pytest.approx(dcr_t / dcr_h, rel=1e-9)
+        assert scores.holdout_dcr_train_median == pytest.approx(baseline, rel=1e-9)
+        assert scores.dcr_ratio == pytest.approx(dcr_t / baseline, rel=1e-9)
         closer = np.mean(to_train[in_s, 0] < to_holdout[in_s])
         assert scores.closer_to_train_share == pytest.approx(closer)
         assert scores.nndr_synthetic_median == pytest.approx(np.median(ratio(to_train)[in_s]))
@@ -287,6 +289,19 @@ def test_more_training_than_hold_out_rows_still_compare_fairly(
     assert 0.9 < report.overall.dcr_ratio < 1.1
     assert abs(report.overall.closer_to_train_share - 0.5) < 0.06
     assert abs(report.overall.nndr_synthetic_median - report.overall.nndr_holdout_median) < 0.05
+
+
+def test_copies_of_every_training_row_score_zero_however_small_the_hold_out(
+    real_tables: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    # The comparisons on equal-size samples only see the copies of the sampled training rows
+    # (1 in 5 here); the DCR ratio measures both sides against every training row.
+    train, holdout = real_tables
+    report = evaluate_privacy(train.copy(), train, holdout.iloc[:400], sensitive=SENSITIVE)
+    assert report.rows_used["train_for_dcr"] == len(train)
+    assert report.overall.dcr_ratio == 0.0
+    assert report.overall.exact_copy_share == 1.0
+    assert report.overall.closer_to_train_share < 0.75  # diluted, as the module says
 
 
 def test_the_same_seed_gives_the_same_report_and_sampling_is_reported(
@@ -432,10 +447,10 @@ def test_the_command_prints_the_table_and_writes_json_once(
     result = run(side, *args)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:3] == ["DCR-train", "DCR-hold", "DCR-ratio"]
+    assert lines[0].split()[:3] == ["DCR-train", "DCR-hold", "hold-DCR"]
     assert [line.split()[0] for line in lines[1:4]] == ["all", "sex=F", "sex=M"]
     overall = lines[1].split()[2:]  # after "all rows"
-    assert (overall[2], overall[6], overall[7]) == ("0.000", "1.000", "0.000")  # ratio, copies
+    assert (overall[3], overall[7], overall[8]) == ("0.000", "1.000", "0.000")  # ratio, copies
     written = json.loads(out.read_text())
     assert written["overall"]["exact_copy_share"] == 1.0
     assert written["overall"]["dcr_ratio"] == 0.0
