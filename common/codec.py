@@ -9,7 +9,7 @@ that says exactly which field is wrong.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -244,4 +244,138 @@ def manifest_from_proto(message: pb.Manifest) -> ModelManifest:
             for g in message.privacy_guarantees
         ),
         evaluation_available=message.evaluation_available,
+    )
+
+
+# Evaluate: a client stream of synthetic rows in, one aggregate report out.
+
+EVALUATION_SECTIONS = ("fairness", "utility", "quality", "privacy")
+"""The sections every Evaluate report holds, in this order."""
+
+CHUNK_REQUEST_ID_CHANGED = "chunk {index}: request_id {got!r} differs from the first chunk's"
+CHUNK_TOTAL_CHANGED = "chunk {index}: total_rows is {got}; only the first chunk sets it ({first})"
+CHUNK_WITHOUT_ROWS = "chunk {index} carries no rows"
+STREAM_TOO_LONG = "the stream carries more rows than its total_rows of {total}"
+STREAM_TOO_SHORT = "the stream ended after {got} of its total_rows of {total} rows"
+TOO_FEW_ROWS = (
+    "total_rows: {rows} rows are fewer than the {least} an evaluation needs; "
+    "fewer would make the scores describe single records"
+)
+REPORT_INVALID = "the owner's evaluation report {problem}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationAnswer:
+    """What Evaluate returns: the report (sections of rounded aggregates) and two row counts."""
+
+    report: Mapping[str, Any]
+    rows_scored: int
+    holdout_rows: int
+
+
+def evaluate_chunks(
+    rows: npt.NDArray[np.float32],
+    sensitive: npt.NDArray[np.int64],
+    *,
+    request_id: str,
+    chunk_rows: int,
+) -> Iterator[pb.EvaluateChunk]:
+    """The messages of one Evaluate call: ``chunk_rows`` rows each, ``total_rows`` on the first.
+
+    A generator, so each attempt of a retried call sends the whole stream again from the start.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    for start in range(0, rows.shape[0], chunk_rows):
+        yield pb.EvaluateChunk(
+            request_id=request_id,
+            total_rows=rows.shape[0] if start == 0 else 0,
+            rows=tensor_to_proto(rows[start : start + chunk_rows]),
+            sensitive=tensor_to_proto(sensitive[start : start + chunk_rows]),
+        )
+
+
+def evaluate_rows_from_chunks(
+    chunks: Iterable[pb.EvaluateChunk],
+    *,
+    width: int,
+    n_groups: int,
+    max_rows: int,
+    min_rows: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Read and validate a whole Evaluate stream: rows float32 [total, width], sensitive [total].
+
+    Every chunk is checked like a Decode request (dtype, shape, byte length, finite values,
+    sensitive indices in ``[0, n_groups)``), carries at least one row and repeats the first
+    chunk's request id. The first chunk's ``total_rows`` must lie in ``[min_rows, max_rows]``
+    and the stream must carry exactly that many rows: reading stops at the first row too many,
+    so an over-long stream is never buffered.
+
+    :raises Fair4FreeError: REQUEST_INVALID, TENSOR_INVALID or ROW_CAP_EXCEEDED naming the chunk.
+    """
+    received: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] = []
+    request_id = ""
+    total = got = 0
+    for index, chunk in enumerate(chunks):
+        if index == 0:
+            request_id, total = chunk.request_id, int(chunk.total_rows)
+            check_request_id(request_id)
+            check_row_count(total, field="total_rows", cap=max_rows)
+            if total < min_rows:
+                detail = TOO_FEW_ROWS.format(rows=total, least=min_rows)
+                raise Fair4FreeError(ErrorCode.REQUEST_INVALID, detail)
+        elif chunk.request_id != request_id:
+            detail = CHUNK_REQUEST_ID_CHANGED.format(index=index, got=chunk.request_id)
+            raise Fair4FreeError(ErrorCode.REQUEST_INVALID, detail)
+        elif chunk.total_rows not in (0, total):
+            detail = CHUNK_TOTAL_CHANGED.format(index=index, got=chunk.total_rows, first=total)
+            raise Fair4FreeError(ErrorCode.REQUEST_INVALID, detail)
+        field = f"chunk {index}"
+        rows = tensor_from_proto(
+            chunk.rows, field=f"{field} rows", dtype="float32", shape=(None, width)
+        )
+        if rows.shape[0] == 0:
+            raise Fair4FreeError(ErrorCode.REQUEST_INVALID, CHUNK_WITHOUT_ROWS.format(index=index))
+        got += rows.shape[0]
+        if got > total:
+            raise Fair4FreeError(ErrorCode.REQUEST_INVALID, STREAM_TOO_LONG.format(total=total))
+        sensitive = tensor_from_proto(
+            chunk.sensitive, field=f"{field} sensitive", dtype="int64", shape=(rows.shape[0],)
+        )
+        check_index_bounds(sensitive, field=f"{field} sensitive", upper=n_groups)
+        received.append((rows, sensitive))
+    if got < total or not received:
+        detail = STREAM_TOO_SHORT.format(got=got, total=total)
+        raise Fair4FreeError(ErrorCode.REQUEST_INVALID, detail)
+    return (
+        np.concatenate([rows for rows, _ in received]),
+        np.concatenate([sensitive for _, sensitive in received]),
+    )
+
+
+def evaluation_to_proto(answer: EvaluationAnswer) -> pb.EvaluateResponse:
+    """Serialise an evaluation; the report travels as canonical JSON."""
+    return pb.EvaluateResponse(
+        report_json=canonical_json(answer.report),
+        rows_scored=answer.rows_scored,
+        holdout_rows=answer.holdout_rows,
+    )
+
+
+def evaluation_from_proto(message: pb.EvaluateResponse) -> EvaluationAnswer:
+    """Decode an evaluation, refusing a report that is not a JSON object with every section."""
+    try:
+        report = json.loads(message.report_json)
+    except json.JSONDecodeError as exc:
+        detail = REPORT_INVALID.format(problem=f"is not JSON: {exc.msg}")
+        raise Fair4FreeError(ErrorCode.REQUEST_INVALID, detail) from None
+    if not isinstance(report, dict):
+        detail = REPORT_INVALID.format(problem="is not a JSON object")
+        raise Fair4FreeError(ErrorCode.REQUEST_INVALID, detail)
+    missing = [name for name in EVALUATION_SECTIONS if not isinstance(report.get(name), dict)]
+    if missing:
+        detail = REPORT_INVALID.format(problem=f"lacks the sections {', '.join(missing)}")
+        raise Fair4FreeError(ErrorCode.REQUEST_INVALID, detail)
+    return EvaluationAnswer(
+        report=report, rows_scored=message.rows_scored, holdout_rows=message.holdout_rows
     )

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.privacy import (
     DEFAULT_MAX_ROWS,
     PrivacyConfig,
     PrivacyReport,
-    PrivacyScores,
     evaluate_privacy,
 )
 from fair4free.common.table_io import read_table
@@ -63,15 +64,9 @@ def format_privacy_table(report: PrivacyReport) -> str:
     lines = {_OVERALL: report.overall} | {
         f"{report.sensitive}={name}": scores for name, scores in report.groups.items()
     }
-    name_width = max(len(name) for name in lines)
-    width = max(len(header) for header, _ in _TABLE_COLUMNS)
-    header = " " * name_width + "".join(f"  {title:>{width}}" for title, _ in _TABLE_COLUMNS)
-    rows = [header] + [f"{name:<{name_width}}" + _cells(s, width) for name, s in lines.items()]
+    rows = format_score_lines({name: scores.to_dict() for name, scores in lines.items()})
     for name, scores in lines.items():
-        by_reason: dict[str, list[str]] = {}
-        for score, why in scores.undefined.items():
-            by_reason.setdefault(why, []).append(score)
-        rows += [f"n/a {name}: {', '.join(names)}: {why}" for why, names in by_reason.items()]
+        rows += format_undefined(name, scores.undefined)
     used, given = report.rows_used, report.rows_given
     rows.append(
         f"rows used: synthetic {used['synthetic']} of {given['synthetic']}; for distances and "
@@ -83,9 +78,28 @@ def format_privacy_table(report: PrivacyReport) -> str:
     return "\n".join(rows)
 
 
-def _cells(scores: PrivacyScores, width: int) -> str:
-    values = scores.to_dict()
-    return "".join(f"  {_cell(values[field]):>{width}}" for _, field in _TABLE_COLUMNS)
+def format_score_lines(lines: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """A header, then one line of scores per name, as ``PrivacyScores.to_dict`` gives them.
+
+    A score that is undefined (None) or absent reads n/a. Public so that the consumer lays out
+    the owner's remote privacy scores exactly as these local ones.
+    """
+    name_width = max(len(name) for name in lines)
+    width = max(len(header) for header, _ in _TABLE_COLUMNS)
+    header = " " * name_width + "".join(f"  {title:>{width}}" for title, _ in _TABLE_COLUMNS)
+    return [header] + [f"{name:<{name_width}}" + _cells(v, width) for name, v in lines.items()]
+
+
+def format_undefined(name: str, undefined: Mapping[str, str]) -> list[str]:
+    """One line per reason why scores of the line ``name`` read n/a, naming those scores."""
+    by_reason: dict[str, list[str]] = {}
+    for score, why in undefined.items():
+        by_reason.setdefault(why, []).append(score)
+    return [f"n/a {name}: {', '.join(names)}: {why}" for why, names in by_reason.items()]
+
+
+def _cells(values: Mapping[str, Any], width: int) -> str:
+    return "".join(f"  {_cell(values.get(field)):>{width}}" for _, field in _TABLE_COLUMNS)
 
 
 def _cell(value: float | int | None) -> str:
@@ -96,8 +110,8 @@ def _cell(value: float | int | None) -> str:
 
 def _privacy(args: argparse.Namespace) -> int:
     json_path: Path | None = args.json
-    if json_path is not None and json_path.exists():  # refuse before minutes of work, not after
-        raise _exists(json_path)
+    if json_path is not None:  # refuse before minutes of work, not after
+        check_new_file(json_path)
     config = PrivacyConfig(seed=args.seed, max_rows=args.max_rows)
     report = evaluate_privacy(
         read_table(args.synthetic),
@@ -109,12 +123,18 @@ def _privacy(args: argparse.Namespace) -> int:
     )
     print(format_privacy_table(report))  # noqa: T201
     if json_path is not None:
-        _write_new(json_path, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+        write_new_file(json_path, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
         print(f"wrote {json_path}")  # noqa: T201
     return 0
 
 
-def _write_new(path: Path, text: str) -> None:
+def check_new_file(path: Path) -> None:
+    """Refuse an output path that exists, before any work is done for it."""
+    if path.exists():
+        raise _exists(path)
+
+
+def write_new_file(path: Path, text: str) -> None:
     """Create the file, never replace one: the exclusive open makes a race fail, not clobber."""
     try:
         handle = path.open("x", encoding="utf-8")

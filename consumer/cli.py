@@ -1,4 +1,7 @@
-"""``fair4free-consumer``: the consumer's commands (distill, generate, evaluate, privacy, pki)."""
+"""``fair4free-consumer``: the consumer's commands (distill, generate, evaluate, privacy, pki).
+
+``evaluate-remote`` has the owner score synthetic rows against its private hold-out.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +14,19 @@ from pathlib import Path
 
 from fair4free.common.cli_support import run_parsed
 from fair4free.common.errors import ErrorCode, Fair4FreeError
-from fair4free.common.privacy_cli import add_privacy_command
+from fair4free.common.privacy_cli import add_privacy_command, check_new_file
 from fair4free.common.table_io import write_table
 from fair4free.common.tls import TlsFiles
 from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.consumer.distillation import DistillConfig, distill
 from fair4free.consumer.evaluation import evaluate_files, format_report_table
 from fair4free.consumer.pki_request import request_certificate
+from fair4free.consumer.remote_evaluation import (
+    evaluate_remote,
+    format_remote_report,
+    read_synthetic,
+    write_report,
+)
 from fair4free.consumer.student import Student
 
 logger = logging.getLogger("fair4free.consumer")
@@ -30,12 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("distill", help="distill a local student from an owner daemon")
-    run.add_argument("--server", required=True, help="owner daemon address HOST:PORT")
-    run.add_argument("--pki", type=Path, help="PKI folder holding ca.crt and clients/NAME.*")
-    run.add_argument("--name", help="client name inside --pki")
-    run.add_argument("--ca", type=Path, help="CA certificate (instead of --pki/--name)")
-    run.add_argument("--cert", type=Path, help="client certificate (instead of --pki/--name)")
-    run.add_argument("--key", type=Path, help="client private key (instead of --pki/--name)")
+    _add_connection(run)
     run.add_argument("--out", type=Path, required=True, help="new student directory")
     run.add_argument("--latent-rows", type=int, default=DistillConfig.latent_rows)
     run.add_argument("--decode-rows", type=int, default=DistillConfig.decode_rows)
@@ -46,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
     run.add_argument("--seed", type=int, default=DistillConfig.seed)
     run.add_argument("--checkpoint-every", type=int, default=DistillConfig.checkpoint_every)
-    run.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
     run.set_defaults(handler=_distill)
 
     gen = commands.add_parser("generate", help="generate synthetic rows locally, no server needed")
@@ -74,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", type=Path, help="also write the scores as JSON here")
     ev.set_defaults(handler=_evaluate)
 
+    remote = commands.add_parser(
+        "evaluate-remote", help="have the owner score synthetic rows against its private hold-out"
+    )
+    _add_connection(remote)
+    remote.add_argument("--data", type=Path, required=True,
+                        help="synthetic rows in the owner's schema (CSV or .parquet)")  # fmt: skip
+    remote.add_argument("--seed", type=int, default=0,
+                        help="which rows a table over the owner's cap per call sends")  # fmt: skip
+    remote.add_argument("--json", type=Path, help="also write the report here (a new file)")
+    remote.set_defaults(handler=_evaluate_remote)
+
     pki_parser = commands.add_parser("pki", help="your key and a request for the owner to sign")
     pki_commands = pki_parser.add_subparsers(dest="pki_command", required=True)
     request = pki_commands.add_parser(
@@ -84,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     request.set_defaults(handler=_pki_request)
     add_privacy_command(commands)
     return parser
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    """The flags every command that talks to the owner's daemon takes: where, as whom, how long."""
+    parser.add_argument("--server", required=True, help="owner daemon address HOST:PORT")
+    parser.add_argument("--pki", type=Path, help="PKI folder holding ca.crt and clients/NAME.*")
+    parser.add_argument("--name", help="client name inside --pki")
+    parser.add_argument("--ca", type=Path, help="CA certificate (instead of --pki/--name)")
+    parser.add_argument("--cert", type=Path, help="client certificate (instead of --pki/--name)")
+    parser.add_argument("--key", type=Path, help="client private key (instead of --pki/--name)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
+
+
+def _client_config(args: argparse.Namespace) -> ClientConfig:
+    return ClientConfig(server=args.server, tls=tls_files(args), timeout_seconds=args.timeout)
 
 
 def tls_files(args: argparse.Namespace) -> TlsFiles:
@@ -107,10 +136,7 @@ def _distill(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )
-    client_config = ClientConfig(
-        server=args.server, tls=tls_files(args), timeout_seconds=args.timeout
-    )
-    with OwnerClient(client_config) as client:
+    with OwnerClient(_client_config(args)) as client:
         distill(client, args.out, config)
     print(f"saved student to {args.out}")
     return 0
@@ -146,6 +172,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_report_table({args.synthetic.name: report}))
     if args.json is not None:
         args.json.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
+def _evaluate_remote(args: argparse.Namespace) -> int:
+    if args.json is not None:  # refuse before the owner charges the call, not after
+        check_new_file(args.json)
+    table = read_synthetic(args.data)
+    with OwnerClient(_client_config(args)) as client:
+        evaluation = evaluate_remote(client, table, seed=args.seed)
+    print(format_remote_report(evaluation, name=args.data.name))
+    if args.json is not None:
+        write_report(evaluation, args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -23,7 +23,10 @@ import numpy.typing as npt
 from fair4free.common.closing import ClosesOnExit
 from fair4free.common.codec import (
     AUDIT_CHECKPOINT_TRAILER,
+    EvaluationAnswer,
     ModelManifest,
+    evaluate_chunks,
+    evaluation_from_proto,
     manifest_from_proto,
     tensor_from_proto,
     tensor_to_proto,
@@ -36,6 +39,9 @@ from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+EVALUATE_CHUNK_ROWS = 4096
+"""Rows per Evaluate message: 4096 rows of a few hundred columns stay far below 16 MiB."""
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _REFUSALS = {
@@ -168,6 +174,39 @@ class OwnerClient(ClosesOnExit):
         response, call = self._stub.Decode.with_call(request, timeout=self._config.timeout_seconds)
         self._keep_checkpoint(call)
         return response
+
+    def evaluate(
+        self,
+        rows: npt.NDArray[np.float32],
+        sensitive: npt.NDArray[np.int64],
+        *,
+        chunk_rows: int = EVALUATE_CHUNK_ROWS,
+    ) -> EvaluationAnswer:
+        """The owner's aggregate scores of model-space rows against its private hold-out.
+
+        One call, since the scores are over the whole table: at most the manifest's rows per
+        call, and at least the owner's minimum. Streamed in messages of ``chunk_rows`` rows; a
+        retry sends the whole stream again under the same request id.
+        """
+        manifest = self.manifest()
+        if not manifest.evaluation_available:
+            raise Fair4FreeError(
+                ErrorCode.EVALUATION_UNAVAILABLE, f"{self._config.server} does not serve Evaluate"
+            )
+        send = functools.partial(self._evaluate_once, rows, sensitive, chunk_rows)
+        return self._call("Evaluate", send)
+
+    def _evaluate_once(
+        self,
+        rows: npt.NDArray[np.float32],
+        sensitive: npt.NDArray[np.int64],
+        chunk_rows: int,
+        request_id: str,
+    ) -> EvaluationAnswer:
+        chunks = evaluate_chunks(rows, sensitive, request_id=request_id, chunk_rows=chunk_rows)
+        response, call = self._stub.Evaluate.with_call(chunks, timeout=self._config.timeout_seconds)
+        self._keep_checkpoint(call)
+        return evaluation_from_proto(response)
 
     def _call(self, method: str, send: Callable[[str], T]) -> T:
         """Send with one request id, retrying transient failures with backoff and jitter."""

@@ -27,11 +27,13 @@ from fair4free.data_owner.interceptors import (
     Guard,
     WrappingInterceptor,
     caller_identity,
+    request_head,
     unchanged,
 )
 from fair4free.data_owner.ledger import (
     BudgetExhaustedError,
     Ledger,
+    Reservation,
     pack_messages,
     payload_digest,
     unpack_messages,
@@ -44,6 +46,7 @@ SERVICE_PREFIX = "/fair4free.v1.OwnerService/"
 
 RESPONSE_TYPES: dict[str, Callable[[bytes], Message]] = {
     "Decode": pb.DecodeResponse.FromString,
+    "Evaluate": pb.EvaluateResponse.FromString,
     "SampleLatents": pb.LatentBatch.FromString,
 }
 
@@ -86,7 +89,14 @@ def _note_budget(*, used: int, remaining: int) -> None:
 
 
 def request_rows(method: str, request: Any) -> int:
-    """The rows a request asks for: what it is charged and what the row cap limits."""
+    """The rows a request asks for: what it is charged and what the row cap limits.
+
+    An Evaluate call declares its rows up front in its first message (``request_head``), so it is
+    admitted and charged before the rest of its stream is read.
+    """
+    request = request_head(request)
+    if method == "Evaluate":
+        return max(int(request.total_rows), 0)
     if method == "SampleLatents":
         return max(int(request.rows), 0)
     if method == "Decode":
@@ -160,32 +170,47 @@ class MeteringInterceptor(WrappingInterceptor):
         context: grpc.ServicerContext,
         compute: Callable[[], bytes],
     ) -> bytes:
-        check_request_id(request.request_id)  # the id is the ledger's key: validate it first
+        # A stream is recorded under its first message (the id, the declared rows and the first
+        # chunk of rows), so it is charged before the servicer reads and checks the rest.
+        head = request_head(request)
+        check_request_id(head.request_id)  # the id is the ledger's key: validate it first
         identity = caller_identity(context)
         client = self._policy.current().decide(identity, method).enforce()
         limit = client.budget(method)
         if limit is None:  # the policy loader refuses row methods without budgets
             raise Fair4FreeError(ErrorCode.INTERNAL, f"{method} granted without a budget")
-        try:
-            reservation = self._ledger.reserve(
-                client.identity,
-                method,
-                request.request_id,
-                request_hash=payload_digest(request.SerializeToString(deterministic=True)),
-                rows=request_rows(method, request),
-                limit=limit,
-            )
-        except BudgetExhaustedError as exc:
-            _note_budget(used=exc.used, remaining=exc.remaining)
-            raise
+
+        def reserve() -> Reservation:
+            try:
+                return self._ledger.reserve(
+                    client.identity,
+                    method,
+                    head.request_id,
+                    request_hash=payload_digest(head.SerializeToString(deterministic=True)),
+                    rows=request_rows(method, request),
+                    limit=limit,
+                )
+            except BudgetExhaustedError as exc:
+                _note_budget(used=exc.used, remaining=exc.remaining)
+                raise
+
+        reservation = reserve()
         answer = reservation.answer  # a completed earlier attempt's, sent again
         if answer is None:
             try:
                 computed = compute()
             except BaseException:
-                self._ledger.release(client.identity, request.request_id)
+                self._ledger.release(client.identity, head.request_id)
                 raise
-            answer = self._ledger.complete(client.identity, request.request_id, computed)
+            try:
+                answer = self._ledger.complete(client.identity, head.request_id, computed)
+            except LookupError:
+                # Another attempt at this id (a client retrying a slow call) failed and refunded
+                # it while this one computed: charge this answer now, once, as the request it is.
+                reservation = reserve()
+                answer = reservation.answer
+                if answer is None:
+                    answer = self._ledger.complete(client.identity, head.request_id, computed)
         _note_budget(used=reservation.used, remaining=reservation.remaining)
         return answer
 

@@ -8,6 +8,8 @@ with UNAVAILABLE and the log stays failed: the daemon stops answering rather tha
 The latest signed checkpoint travels back in trailing metadata so the consumer holds evidence too.
 A metered call's terminal record carries the budget metering saw when it charged the call (or
 refused it for an exhausted budget), handed out through a :class:`BudgetNote` opened per call.
+A client-streaming call (Evaluate) is recorded by its first message, read before any work: its
+request id, the rows it declares and that message's SHA-256.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fair4free.common.tls import certificate_fingerprint, peer_certificate, peer
 from fair4free.data_owner.access import BudgetNote, noting_budget, request_rows
 from fair4free.data_owner.audit_log import AuditLog
 from fair4free.data_owner.audit_record import AuditEvent, Outcome
-from fair4free.data_owner.interceptors import Behaviour, Guard, WrappingInterceptor
+from fair4free.data_owner.interceptors import Behaviour, Guard, WrappingInterceptor, request_head
 
 # Refusals of who is asking or how much, as opposed to failures of what was asked.
 _DENIALS = {
@@ -63,21 +65,21 @@ class AuditInterceptor(WrappingInterceptor):
         auth = context.auth_context()
         pem = peer_certificate(auth)
         short = method.rpartition("/")[2]
+        head = _head(request)
+        payload = None if head is None else head.SerializeToString(deterministic=True)
         event = AuditEvent(
             server_id=self._model.server_id,
             method=method,
             outcome="started",
-            request_id=str(getattr(request, "request_id", "")) or None,
+            request_id=str(getattr(head, "request_id", "")) or None,
             identity=peer_identity(auth),
             cert_serial=format(certificate_serial(pem), "x") if pem else None,
             cert_fingerprint=certificate_fingerprint(pem) if pem else None,
             peer=context.peer(),
             model_id=self._model.model_id,
             model_hash=self._model.model_hash,
-            rows_requested=request_rows(short, request),
-            request_sha256=hashlib.sha256(
-                request.SerializeToString(deterministic=True)
-            ).hexdigest(),
+            rows_requested=None if head is None else request_rows(short, head),
+            request_sha256=None if payload is None else hashlib.sha256(payload).hexdigest(),
         )
         self._log.append(event)
         return event
@@ -150,6 +152,14 @@ class AuditInterceptor(WrappingInterceptor):
             yield from messages
 
         return run
+
+
+def _head(request: Any) -> Any:
+    """What names the call: the request, or a stream's first message (None if it never came)."""
+    try:
+        return request_head(request)
+    except Fair4FreeError:  # cancelled before its first message: recorded, then refused inside
+        return None
 
 
 def _rows_in(message: Any) -> int | None:

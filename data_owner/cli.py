@@ -17,7 +17,7 @@ from fair4free.common.errors import ErrorCode, ExitCode, Fair4FreeError
 from fair4free.common.privacy_cli import add_privacy_command
 from fair4free.common.schema import infer_schema
 from fair4free.common.tls import client_identity_uri
-from fair4free.data_owner import datasets, pki
+from fair4free.data_owner import datasets, latent_release, owner_evaluation, pki
 from fair4free.data_owner.audit_keys import load_public_key
 from fair4free.data_owner.audit_report import build_report
 from fair4free.data_owner.audit_report_render import (
@@ -27,8 +27,15 @@ from fair4free.data_owner.audit_report_render import (
     write_report,
 )
 from fair4free.data_owner.audit_verify import read_consumer_checkpoints, verify
+from fair4free.data_owner.cli_release import (
+    add_release_commands,
+    add_release_gate_option,
+    check_release_gate,
+)
+from fair4free.data_owner.dp_training import dp_config
+from fair4free.data_owner.holdout import DEFAULT_HOLDOUT_FRACTION, draw_split
 from fair4free.data_owner.ledger import Ledger
-from fair4free.data_owner.policy import ROW_METHODS, render_policy
+from fair4free.data_owner.policy import render_policy, starting_budgets
 from fair4free.data_owner.registry import load_teacher
 from fair4free.data_owner.server import LEDGER_FILE, ServerConfig, build_server, run_until_signalled
 from fair4free.data_owner.train_pipeline import train_to_directory
@@ -79,12 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--fair-labels",
         choices=["massage", "none"],
-        default="massage",
-        help="equalise positive rates across sensitive groups before training (default)",
+        help="equalise positive rates across groups first (default: massage; none under DP)",
     )
+    train.add_argument("--dp-epsilon", type=float, help="DP-SGD to this epsilon (docs/privacy.md)")
+    train.add_argument("--dp-delta", type=float, help="default: 1/(10 rows), a power of ten")
+    train.add_argument("--dp-max-grad-norm", type=float, help="DP-SGD per-record clip (default 1)")
     train.add_argument("--latent-dim", type=int, default=16)
     train.add_argument("--hidden", type=int, default=128)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=DEFAULT_HOLDOUT_FRACTION,
+        help="rows kept from training, for release-check and Evaluate (0: none; default 0.2)",
+    )
     train.set_defaults(handler=_train)
 
     pki_parser = commands.add_parser(
@@ -191,8 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--ready-file", type=Path, help="write HOST:PORT here once serving")
     serve.add_argument("--seed", type=int, help="seed latent sampling (tests only)")
+    latent_release.add_arguments(serve)
+    owner_evaluation.add_arguments(serve)
+    add_release_gate_option(serve)
     serve.set_defaults(handler=_serve)
     add_privacy_command(commands)
+    add_release_commands(commands)
     return parser
 
 
@@ -252,8 +271,16 @@ def _train(args: argparse.Namespace) -> int:
         kl_weight=args.kl_weight,
         seed=args.seed,
     )
-    content_hash = train_to_directory(
+    frame, holdout, split = draw_split(
         dataset.frame,
+        data_path=args.data,
+        target=args.target,
+        sensitive=args.sensitive,
+        fraction=args.holdout_fraction,
+        seed=args.seed,
+    )
+    content_hash = train_to_directory(
+        frame,
         schema,
         out=args.out,
         dataset_name=dataset.name,
@@ -261,8 +288,11 @@ def _train(args: argparse.Namespace) -> int:
         hidden=args.hidden,
         training=training,
         fair_labels=args.fair_labels,
+        split=split,
+        dp=dp_config(args.dp_epsilon, delta=args.dp_delta, max_grad_norm=args.dp_max_grad_norm),
     )
-    print(f"saved teacher to {args.out} (content hash {content_hash[:12]})")
+    kept = "no hold-out" if split is None else f"{len(holdout)} rows held out"
+    print(f"saved teacher to {args.out} (content hash {content_hash[:12]}; {kept})")
     return 0
 
 
@@ -336,12 +366,11 @@ def _print_crl(crl: pki.PublishedCrl) -> None:
 def _policy_init(args: argparse.Namespace) -> int:
     if args.out.exists():
         raise Fair4FreeError(ErrorCode.OUTPUT_UNWRITABLE, f"{args.out} exists; edit it instead")
-    grants = {
-        client_identity_uri(name): dict.fromkeys(sorted(ROW_METHODS), args.budget)
-        for name in args.client
-    }
+    budgets = starting_budgets(args.budget)
+    grants = {client_identity_uri(name): budgets for name in args.client}
     args.out.write_text(render_policy(grants, rate_per_minute=args.rate_per_minute))
-    print(f"wrote {args.out}: {', '.join(grants)} may ask every method, {args.budget} rows each")
+    rows = ", ".join(f"{method} {limit}" for method, limit in budgets.items())
+    print(f"wrote {args.out}: {', '.join(grants)} may ask every method; row budgets {rows}")
     return 0
 
 
@@ -417,8 +446,12 @@ def _serve(args: argparse.Namespace) -> int:
         max_rows_per_call=args.max_rows_per_call,
         max_call_seconds=args.max_call_seconds,
         seed=args.seed,
+        latent_release=latent_release.settings_from_args(args),
+        evaluation_data=args.evaluation_data,
+        evaluation=owner_evaluation.settings_from_args(args),
     )
     teacher = load_teacher(args.model)
+    check_release_gate(args, teacher)
     daemon = build_server(teacher, tls=layout.server_files(), config=config)
     address = f"{config.listen.rpartition(':')[0]}:{daemon.port}"
     logger.info("serving model %s on %s (mutual TLS)", teacher.model_id, address)

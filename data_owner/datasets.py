@@ -220,10 +220,33 @@ def split_table(
 
     The same seed always gives the same split; rows keep their original order within each part.
     """
+    in_test = split_mask(df, target=target, test_fraction=test_fraction, seed=seed)
+    return df[~in_test].reset_index(drop=True), df[in_test].reset_index(drop=True)
+
+
+def split_mask(
+    df: pd.DataFrame,
+    *,
+    target: str,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    also_by: Sequence[str] = (),
+) -> npt.NDArray[np.bool_]:
+    """Which rows go to the test part: seeded, stratified by the target (and ``also_by``).
+
+    Each stratum sends ``round(size * test_fraction)`` rows to the test part, so proportions hold
+    in both parts. Every target class must land in both. With ``also_by`` (the owner's hold-out
+    is stratified by sensitive group too) a stratum may be too small to split and stays whole in
+    one part, and a missing value is a stratum value of its own. Without ``also_by`` the draws
+    are those ``split_table`` has always made, so existing splits stay reproducible.
+    """
     if target not in df.columns:
         raise Fair4FreeError(
             ErrorCode.COLUMN_UNKNOWN, f"target column '{target}' is not in the table"
         )
+    absent = [name for name in also_by if name not in df.columns]
+    if absent:
+        raise Fair4FreeError(ErrorCode.COLUMN_UNKNOWN, f"column '{absent[0]}' is not in the table")
     if not 0.0 < test_fraction < 1.0:
         raise Fair4FreeError(
             ErrorCode.CONFIG_INVALID, f"test_fraction must lie in (0, 1), not {test_fraction}"
@@ -240,17 +263,28 @@ def split_table(
         )
     rng = np.random.default_rng(seed)
     in_test = np.zeros(len(df), dtype=bool)
+    if also_by:
+        grouped = df.groupby([target, *also_by], dropna=False, sort=True)
+        strata = grouped.ngroup().to_numpy()
+        for stratum in range(int(strata.max()) + 1):
+            rows = np.flatnonzero(strata == stratum)
+            n_test = math.floor(len(rows) * test_fraction + 0.5)
+            in_test[rng.choice(rows, size=n_test, replace=False)] = True
     for code, value in enumerate(classes):
         rows = np.flatnonzero(codes == code)
-        n_test = math.floor(len(rows) * test_fraction + 0.5)
+        if also_by:
+            n_test = int(in_test[rows].sum())
+        else:
+            n_test = math.floor(len(rows) * test_fraction + 0.5)
         if n_test in (0, len(rows)):
             part = "train" if n_test == 0 else "test"
             raise Fair4FreeError(
                 ErrorCode.CONFIG_INVALID,
                 f"class {value!r} of '{target}' ({len(rows)} rows) would land only in {part}",
             )
-        in_test[rng.choice(rows, size=n_test, replace=False)] = True
-    return df[~in_test].reset_index(drop=True), df[in_test].reset_index(drop=True)
+        if not also_by:
+            in_test[rng.choice(rows, size=n_test, replace=False)] = True
+    return in_test
 
 
 def export_split(

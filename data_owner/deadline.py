@@ -10,11 +10,16 @@ produces (each chunk of a stream, the reply of a unary call), so work stops at t
 the bound has passed. It sits innermost, inside metering: an overrun raises before the answer is
 stored, so metering refunds the charge, nothing is sent, and the audit interceptor records the
 call as failed with the detail below.
+
+A client stream (Evaluate) can hold a worker without any work at all, by not sending: waiting for
+its next message blocks inside gRPC, where no cooperative check runs. ``UploadDeadlineInterceptor``
+cancels such a call from a timer instead, once the same limit has passed with the stream open.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +29,13 @@ import grpc
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.data_owner.access import owner_method
-from fair4free.data_owner.interceptors import Behaviour, Guard, WrappingInterceptor, unchanged
+from fair4free.data_owner.interceptors import (
+    Behaviour,
+    Guard,
+    RequestStream,
+    WrappingInterceptor,
+    unchanged,
+)
 
 MAX_CALL_SECONDS_LIMIT: Final = 3600.0
 """The largest per-call limit the daemon accepts: beyond it a stuck call is an outage."""
@@ -35,6 +46,10 @@ DAEMON_LIMIT_EXCEEDED: Final = (
 CLIENT_DEADLINE_EXCEEDED: Final = (
     "{method} stopped after {elapsed:.3f} s: past the client's deadline, "
     "{limit:.3f} s away when the work began"
+)
+UPLOAD_STOPPED: Final = (
+    "{method} stopped: its request stream had not ended {limit:g} s after the call began, the "
+    "daemon's limit per call"
 )
 MAX_CALL_SECONDS_INVALID: Final = (
     "max call seconds must be more than 0 and at most {most:g}, got {value}"
@@ -133,5 +148,51 @@ class DeadlineInterceptor(WrappingInterceptor):
             for message in behaviour(request, context):
                 deadline.check(self._clock())
                 yield message
+
+        return run
+
+
+class UploadDeadlineInterceptor(WrappingInterceptor):
+    """Stops a client-streaming call (Evaluate) whose client is still sending past the limit.
+
+    The checks above cannot help here: a handler waiting for the next message of a stalled
+    client blocks inside gRPC, holding a worker until the client's own deadline or the
+    connection's maximum age (minutes), and a client may send no deadline. So a timer armed when
+    the call begins marks the stream stopped and cancels the call once ``max_call_seconds`` have
+    passed while the stream is still open; the blocked read then ends with DEADLINE_EXCEEDED and
+    :data:`UPLOAD_STOPPED` as its reason (what the audit log records; the client sees CANCELLED).
+    A stream read to its end is left alone: the work after it is bounded by
+    :class:`DeadlineInterceptor`. It sits just inside error mapping, so it also bounds the audit
+    interceptor's wait for the first message.
+    """
+
+    def __init__(self, max_call_seconds: float) -> None:
+        self._max_call_seconds = check_max_call_seconds(max_call_seconds)
+
+    def guards(self, method: str) -> tuple[Guard, Guard]:
+        """Only calls with a request stream are watched; unary requests arrive whole."""
+        short = owner_method(method)
+        if short is None:
+            return unchanged, unchanged
+        return (lambda b: self._watched(b, short)), unchanged
+
+    def _watched(self, behaviour: Behaviour, method: str) -> Behaviour:
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            if not isinstance(request, RequestStream):
+                return behaviour(request, context)
+            detail = UPLOAD_STOPPED.format(method=method, limit=self._max_call_seconds)
+
+            def stop() -> None:
+                if not request.ended:
+                    request.expire(detail)
+                    context.cancel()  # type: ignore[no-untyped-call]  # grpc stubs lack it
+
+            timer = threading.Timer(self._max_call_seconds, stop)
+            timer.daemon = True
+            timer.start()
+            try:
+                return behaviour(request, context)
+            finally:
+                timer.cancel()
 
         return run

@@ -35,14 +35,111 @@ Continuation = Callable[[grpc.HandlerCallDetails], "Handler | None"]
 Behaviour = Callable[[Any, grpc.ServicerContext], Any]
 Guard = Callable[[Behaviour], Behaviour]
 
+STREAM_CANCELLED = "the request stream was cancelled before it ended"
+
 
 def unchanged(behaviour: Behaviour) -> Behaviour:
     """The guard of a method an interceptor leaves alone (health checks, say)."""
     return behaviour
 
 
+class RequestStream:
+    """The requests of a client-streaming call, as interceptors and the servicer see them.
+
+    Guards are written against one request (its id, rows, hash), and a client-streaming call
+    names itself in its first message. So the stream stands in for "the request": ``first`` reads
+    that message on demand (outer interceptors need it before any work) and iterating yields it
+    and then the rest, once. A stream the client cancels mid-way ends the servicer's work with
+    INTERRUPTED rather than an internal error; one the daemon stopped (``expire``, from the
+    deadline watchdog) with DEADLINE_EXCEEDED and the watchdog's reason.
+    """
+
+    def __init__(self, requests: Iterator[Any], empty: Any) -> None:
+        self._requests = requests
+        self._empty = empty
+        self._first: Any = None
+        self._opened = False
+        self._error: Fair4FreeError | None = None
+        self._iterated = False
+        self._ended = False
+        self._expired: str | None = None
+
+    @classmethod
+    def of(cls, requests: Any, empty: Any) -> RequestStream:
+        """Wrap a gRPC request iterator; every interceptor layer shares one wrapper."""
+        return requests if isinstance(requests, RequestStream) else cls(requests, empty)
+
+    @property
+    def first(self) -> Any:
+        """The first message, or an empty message of the request type if the stream is empty.
+
+        :raises Fair4FreeError: every time, if the stream was cancelled or stopped before it.
+        """
+        if not self._opened:
+            self._opened = True
+            try:
+                self._first = self._next()
+            except Fair4FreeError as exc:
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+        return self._empty if self._first is None else self._first
+
+    @property
+    def ended(self) -> bool:
+        """Whether the client's last message has been read: nothing more can block on it."""
+        return self._ended
+
+    def expire(self, detail: str) -> None:
+        """Mark the stream stopped by the daemon (the caller then cancels the call)."""
+        self._expired = detail
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._iterated:
+            raise RuntimeError("a request stream can be read once")
+        self._iterated = True
+        if self.first is not self._empty:
+            yield self._first
+        while (message := self._next()) is not None:
+            yield message
+
+    def _next(self) -> Any:
+        cancelled = False
+        try:
+            message = next(self._requests, None)
+        except grpc.RpcError:
+            message, cancelled = None, True
+        if self._expired is not None:
+            raise Fair4FreeError(ErrorCode.DEADLINE_EXCEEDED, self._expired)
+        if cancelled:
+            raise Fair4FreeError(ErrorCode.INTERRUPTED, STREAM_CANCELLED)
+        self._ended = message is None
+        return message
+
+
+def request_head(request: Any) -> Any:
+    """The message that names a call: the request itself, or a stream's first message."""
+    return request.first if isinstance(request, RequestStream) else request
+
+
 def wrap_handler(handler: Handler, guard: Guard, stream_guard: Guard) -> Handler:
-    """Rebuild a unary-request handler with its behaviour wrapped; other kinds are refused."""
+    """Rebuild a handler with its behaviour wrapped; bidirectional streams are refused.
+
+    A client-streaming call gets the unary-response ``guard`` with a :class:`RequestStream` as
+    its request, so every guard handles it like a unary call.
+    """
+    if handler.stream_unary is not None:
+        guarded = guard(handler.stream_unary)
+        empty = handler.request_deserializer(b"") if handler.request_deserializer else None
+
+        def run(requests: Any, context: grpc.ServicerContext) -> Any:
+            return guarded(RequestStream.of(requests, empty), context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            run,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             guard(handler.unary_unary),
@@ -55,7 +152,7 @@ def wrap_handler(handler: Handler, guard: Guard, stream_guard: Guard) -> Handler
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-    raise TypeError("client-streaming methods need their own wrapping")
+    raise TypeError("bidirectional streaming methods need their own wrapping")
 
 
 class WrappingInterceptor(ServerInterceptor):

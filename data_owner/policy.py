@@ -9,21 +9,23 @@ The format::
     rate_per_minute = 120                           # 1..1000000 calls, default 60
 
     [clients."fair4free://consumer/acme"]
-    methods = ["GetManifest", "SampleLatents", "Decode"]
+    methods = ["GetManifest", "SampleLatents", "Decode", "Evaluate"]
     max_rows_per_call = 2048                        # optional, overrides the default
     rate_per_minute = 60                            # optional, overrides the default
 
     [clients."fair4free://consumer/acme".budgets]   # rows per method, over the policy's lifetime
     SampleLatents = 50000
     Decode = 100000
+    Evaluate = 20000                                # synthetic rows uploaded to be scored
 
 Rules, each checked at load so that a typo can never silently widen access:
 
 - Only the keys shown above are allowed, at every level; an unknown key is an error.
 - ``methods`` is required and names methods of ``fair4free.v1.OwnerService`` at most once each.
-- A method that carries rows (``SampleLatents``, ``Decode``) is allowed only with a budget, a
-  non-negative integer; ``GetManifest`` carries no rows and takes no budget. A budget for a method
-  not listed in ``methods`` is an error too (it would read as access that is not granted).
+- A method that carries rows (``SampleLatents``, ``Decode``, ``Evaluate``) is allowed only with a
+  budget, a non-negative integer; ``GetManifest`` carries no rows and takes no budget. A budget
+  for a method not listed in ``methods`` is an error too (it would read as access that is not
+  granted).
 - The per-call row cap here is the client's; the daemon's own ``--max-rows-per-call`` still applies.
 
 Every error is a ``Fair4FreeError`` CONFIG_INVALID naming the field by its path and the value, e.g.
@@ -53,11 +55,16 @@ from fair4free.common.tls import CLIENT_NAME_PATTERN, CLIENT_URI_PREFIX
 
 logger = logging.getLogger(__name__)
 
-METHODS: Final = ("GetManifest", "SampleLatents", "Decode")
+METHODS: Final = ("GetManifest", "SampleLatents", "Decode", "Evaluate")
 """The methods of ``fair4free.v1.OwnerService`` a policy may grant, by their short names."""
 
-ROW_METHODS: Final = frozenset({"SampleLatents", "Decode"})
-"""Methods whose answers carry rows, so every grant of one needs a row budget."""
+ROW_METHODS: Final = frozenset({"SampleLatents", "Decode", "Evaluate"})
+"""Methods that carry rows (answered, or uploaded to be scored), so every grant needs a budget."""
+
+DEFAULT_EVALUATE_BUDGET: Final = 50_000
+"""Evaluate rows ``policy init`` grants unless told fewer: each call scores synthetic rows against
+the owner's hold-out, so each is also a probe of it (docs/security.md); about a dozen full
+evaluations, not an open-ended oracle."""
 
 DEFAULT_MAX_ROWS_PER_CALL: Final = 4096
 DEFAULT_RATE_PER_MINUTE: Final = 60
@@ -360,16 +367,30 @@ def _invalid(detail: str) -> Fair4FreeError:
     return Fair4FreeError(ErrorCode.CONFIG_INVALID, detail)
 
 
-def render_policy(grants: Mapping[str, Mapping[str, int]], *, rate_per_minute: int) -> str:
-    """A policy file granting each identity every method, with the given row budgets.
+def starting_budgets(rows: int) -> dict[str, int]:
+    """The budgets ``policy init`` grants: ``rows`` per row method, Evaluate capped lower.
 
-    The starting point an owner edits: ``fair4free-owner policy init`` writes it.
+    Evaluate rows are not released data but each call probes the hold-out, so its default is
+    ``DEFAULT_EVALUATE_BUDGET`` unless ``rows`` is smaller.
+    """
+    budgets = dict.fromkeys(sorted(ROW_METHODS), rows)
+    budgets["Evaluate"] = min(rows, DEFAULT_EVALUATE_BUDGET)
+    return budgets
+
+
+def render_policy(grants: Mapping[str, Mapping[str, int]], *, rate_per_minute: int) -> str:
+    """A policy file granting each identity the given row budgets and their methods.
+
+    Every method that carries no rows is granted too; a row method is granted only with a budget
+    in ``grants``, since a grant without one would be refused. The starting point an owner
+    edits: ``fair4free-owner policy init`` writes it.
     """
     lines = ["[defaults]", f"rate_per_minute = {rate_per_minute}", ""]
     for identity, budgets in grants.items():
+        methods = [m for m in METHODS if m not in ROW_METHODS or m in budgets]
         lines += [
             f"[clients.{json.dumps(identity)}]",
-            "methods = " + json.dumps(list(METHODS)),
+            "methods = " + json.dumps(methods),
             "",
             f"[clients.{json.dumps(identity)}.budgets]",
             *(f"{method} = {rows}" for method, rows in budgets.items()),

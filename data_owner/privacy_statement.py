@@ -65,7 +65,9 @@ def privacy_statement(guarantees: Sequence[PrivacyGuarantee], latent_mode: Laten
         sentences.append(
             f"The teacher was trained with {teacher.mechanism}: (epsilon={teacher.epsilon:.3g}, "
             f"delta={teacher.delta:.3g})-differential privacy for {teacher.adjacency}. Decode "
-            "answers are post-processing of those weights and cost no further privacy."
+            "answers are post-processing of those weights and cost no further privacy. The table "
+            "encoding in this manifest (categories, numeric quantile knots with each minimum and "
+            "maximum, p(s)) was computed from the training rows without differential privacy."
         )
     sentences.append(LATENT_SENTENCES[latent_mode])
     release = next((g for g in guarantees if g.scope == "latent_release"), None)

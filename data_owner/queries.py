@@ -6,8 +6,11 @@ directly. Inputs arrive here already validated by the wire codec.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import torch
 
 from fair4free.common.codec import MANIFEST_FORMAT_VERSION, ModelManifest, PrivacyGuarantee
@@ -45,6 +48,22 @@ def build_manifest(
     )
 
 
+def with_latent_release(
+    manifest: ModelManifest, *, latent_mode: LatentMode, release: PrivacyGuarantee | None
+) -> ModelManifest:
+    """``manifest`` with its latent release guarantee, and so its statement, as of now.
+
+    The rest of the manifest is fixed while the daemon runs; only the release's epsilon moves.
+    """
+    kept = tuple(g for g in manifest.privacy_guarantees if g.scope != "latent_release")
+    guarantees = kept if release is None else (*kept, release)
+    return dataclasses.replace(
+        manifest,
+        privacy_guarantees=guarantees,
+        privacy_statement=privacy_statement(guarantees, latent_mode),
+    )
+
+
 def sample_latents(
     teacher: Teacher, rows: int, rng: np.random.Generator
 ) -> npt.NDArray[np.float32]:
@@ -65,3 +84,37 @@ def decode(
         raw = teacher.model.decode_raw(torch.from_numpy(latents), torch.from_numpy(sensitive))
         outputs: npt.NDArray[np.float32] = block_activations(raw, teacher.encoder.blocks).numpy()
     return outputs
+
+
+DECODE_CHUNK_ROWS = 8192
+"""Rows per decoder call in ``decode_rows``, bounding its memory for any number of rows."""
+
+
+def decode_rows(
+    teacher: Teacher, latents: npt.NDArray[np.float32], rng: np.random.Generator
+) -> pd.DataFrame:
+    """Rows in the original schema for ``latents``, each with s drawn from p(s).
+
+    What a consumer makes of the answers: s is drawn independently of z (DESIGN section 1.3),
+    the decoder's outputs are turned back into values by the teacher's own encoder.
+    """
+    rows = int(latents.shape[0])
+    marginal = np.asarray(teacher.encoder.sensitive_marginal)
+    sensitive = rng.choice(len(marginal), size=rows, p=marginal).astype(np.int64)
+    outputs = np.concatenate(
+        [
+            decode(teacher, latents[start : start + DECODE_CHUNK_ROWS],
+                   sensitive[start : start + DECODE_CHUNK_ROWS])
+            for start in range(0, rows, DECODE_CHUNK_ROWS)
+        ]
+    )  # fmt: skip
+    return teacher.encoder.decode(outputs, sensitive, rng=rng)
+
+
+def sample_rows(teacher: Teacher, rows: int, rng: np.random.Generator) -> pd.DataFrame:
+    """The teacher's own synthetic rows: served posterior latents, decoded as a consumer would.
+
+    The owner scores these before release (``release-check``): they are the best a consumer can
+    make from this model's answers, so their privacy bounds what distillation can leak.
+    """
+    return decode_rows(teacher, sample_latents(teacher, rows, rng), rng)

@@ -25,9 +25,16 @@ from fair4free.data_owner.access import BudgetView, MeteringInterceptor, PolicyI
 from fair4free.data_owner.audit_interceptor import AuditInterceptor, ServedModel
 from fair4free.data_owner.audit_keys import PRIVATE_KEY_FILE, generate_signing_key, load_signing_key
 from fair4free.data_owner.audit_log import AuditLog
-from fair4free.data_owner.deadline import DeadlineInterceptor, check_max_call_seconds
+from fair4free.data_owner.deadline import (
+    DeadlineInterceptor,
+    UploadDeadlineInterceptor,
+    check_max_call_seconds,
+)
 from fair4free.data_owner.interceptors import ErrorMappingInterceptor, IdentityInterceptor
+from fair4free.data_owner.latent_release import LatentReleaseSettings
+from fair4free.data_owner.latent_sources import open_latent_source
 from fair4free.data_owner.ledger import Ledger
+from fair4free.data_owner.owner_evaluation import EvaluationSettings, OwnerEvaluator
 from fair4free.data_owner.policy import DEFAULT_RATE_PER_MINUTE, PolicyFile
 from fair4free.data_owner.rate_limit import RateLimiter
 from fair4free.data_owner.registry import Teacher
@@ -63,6 +70,12 @@ class ServerConfig:
     max_connection_age_seconds: float = 600.0
     # The most one call's work may take, whatever deadline the client sent (a shorter one wins).
     max_call_seconds: float = 30.0
+    # What SampleLatents releases, and under which guarantee (docs/privacy.md).
+    latent_release: LatentReleaseSettings = field(default_factory=LatentReleaseSettings)
+    # The table the teacher was trained from; its recorded hold-out is what Evaluate scores
+    # against. None: Evaluate is not served.
+    evaluation_data: Path | None = None
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -78,6 +91,12 @@ class ServerConfig:
         if self.max_workers < 1:
             raise Fair4FreeError(ErrorCode.CONFIG_INVALID, "max workers must be at least 1")
         check_max_call_seconds(self.max_call_seconds)
+        if self.evaluation_data is not None and self.evaluation.min_rows > self.max_rows_per_call:
+            raise Fair4FreeError(
+                ErrorCode.CONFIG_INVALID,
+                f"evaluation min rows ({self.evaluation.min_rows}) exceed max rows per call "
+                f"({self.max_rows_per_call}): no Evaluate call could be answered",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,18 +118,25 @@ class OwnerDaemon:
 def build_server(teacher: Teacher, *, tls: TlsFiles, config: ServerConfig) -> OwnerDaemon:
     """A started daemon with the owner service and standard health checking.
 
-    Interceptors, outermost first: errors become statuses; every call is audited; the peer must
+    Interceptors, outermost first: errors become statuses; a request stream (Evaluate) that is
+    still open past the per-call limit is cut off; every call is audited; the peer must
     name a consumer; the policy must grant the call (deny by default), within rate and row cap;
     rows are charged; the work on the answer is bounded in time. The server certificate is
     re-read when it is renewed (``server_tls``).
     """
     policy = PolicyFile(config.policy)
+    evaluator = (
+        None
+        if config.evaluation_data is None
+        else OwnerEvaluator.load(teacher, config.evaluation_data, config.evaluation)
+    )
     try:
         config.state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise Fair4FreeError(
             ErrorCode.OUTPUT_UNWRITABLE, f"cannot create state directory {config.state_dir}: {exc}"
         ) from None
+    latents = open_latent_source(teacher, config.latent_release, config.state_dir)
     revocations = None if config.crl is None else RevocationList.load(config.crl, tls.ca)
     audit = open_audit_log(config)
     ledger = Ledger.open(config.state_dir / LEDGER_FILE)
@@ -121,6 +147,7 @@ def build_server(teacher: Teacher, *, tls: TlsFiles, config: ServerConfig) -> Ow
         futures.ThreadPoolExecutor(max_workers=config.max_workers),
         interceptors=[
             ErrorMappingInterceptor(),
+            UploadDeadlineInterceptor(config.max_call_seconds),
             AuditInterceptor(audit, served),
             IdentityInterceptor(revocations),
             PolicyInterceptor(policy, RateLimiter(DEFAULT_RATE_PER_MINUTE)),
@@ -140,6 +167,8 @@ def build_server(teacher: Teacher, *, tls: TlsFiles, config: ServerConfig) -> Ow
         budgets=BudgetView(policy, ledger),
         max_rows_per_call=config.max_rows_per_call,
         seed=config.seed,
+        latents=latents,
+        evaluator=evaluator,
     )
     pb_grpc.add_OwnerServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()

@@ -16,6 +16,8 @@ from fair4free.common.codec import (
     check_index_bounds,
     check_request_id,
     check_row_count,
+    evaluate_rows_from_chunks,
+    evaluation_to_proto,
     manifest_to_proto,
     tensor_from_proto,
     tensor_to_proto,
@@ -23,11 +25,14 @@ from fair4free.common.codec import (
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.data_owner import queries
 from fair4free.data_owner.access import BudgetView
+from fair4free.data_owner.latent_sources import LatentSource, PosteriorLatents
+from fair4free.data_owner.owner_evaluation import OwnerEvaluator
 from fair4free.data_owner.registry import Teacher
 from fair4free.v1 import fair4free_pb2 as pb
 from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
 
 LATENT_CHUNK_ROWS = 1024
+EVALUATION_NOT_SERVED = "this daemon was started without evaluation data"
 
 
 class OwnerServicer(pb_grpc.OwnerServiceServicer):
@@ -40,12 +45,21 @@ class OwnerServicer(pb_grpc.OwnerServiceServicer):
         budgets: BudgetView,
         max_rows_per_call: int,
         seed: int | None,
+        latents: LatentSource | None = None,
+        evaluator: OwnerEvaluator | None = None,
     ) -> None:
         self._teacher = teacher
         self._budgets = budgets
         self._max_rows = max_rows_per_call
         self._rng = np.random.default_rng(seed)
-        self._manifest = queries.build_manifest(teacher, max_rows_per_call=max_rows_per_call)
+        self._latents = PosteriorLatents(teacher) if latents is None else latents
+        self._evaluator = evaluator
+        self._manifest = queries.build_manifest(
+            teacher,
+            max_rows_per_call=max_rows_per_call,
+            latent_mode=self._latents.mode,
+            evaluation_available=evaluator is not None,
+        )
 
     def GetManifest(  # noqa: N802 - gRPC method names are fixed by the proto
         self, request: pb.GetManifestRequest, context: grpc.ServicerContext
@@ -53,9 +67,12 @@ class OwnerServicer(pb_grpc.OwnerServiceServicer):
         """The model's manifest, with the caller's own identity, row cap and budgets left."""
         check_request_id(request.request_id)
         standing = self._budgets.standing(context)
+        manifest = queries.with_latent_release(
+            self._manifest, latent_mode=self._latents.mode, release=self._latents.guarantee()
+        )
         return manifest_to_proto(
             dataclasses.replace(
-                self._manifest,
+                manifest,
                 caller_identity=standing.identity,
                 max_rows_per_call=min(self._max_rows, standing.max_rows_per_call),
                 budgets=standing.budgets,
@@ -65,10 +82,10 @@ class OwnerServicer(pb_grpc.OwnerServiceServicer):
     def SampleLatents(  # noqa: N802
         self, request: pb.SampleLatentsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.LatentBatch]:
-        """Streams posterior samples in chunks so large requests never build one huge message."""
+        """Streams latents of the configured release in chunks, never as one huge message."""
         check_request_id(request.request_id)
         rows = check_row_count(request.rows, field="rows", cap=self._max_rows)
-        latents = queries.sample_latents(self._teacher, rows, self._rng)
+        latents = self._latents.sample(rows, self._rng)
         for start in range(0, rows, LATENT_CHUNK_ROWS):
             yield pb.LatentBatch(
                 latents=tensor_to_proto(latents[start : start + LATENT_CHUNK_ROWS])
@@ -97,7 +114,15 @@ class OwnerServicer(pb_grpc.OwnerServiceServicer):
     def Evaluate(  # noqa: N802
         self, request_iterator: Iterator[pb.EvaluateChunk], context: grpc.ServicerContext
     ) -> pb.EvaluateResponse:
-        """Owner-side scoring is not wired yet (issue 6); refuse plainly rather than hang."""
-        raise Fair4FreeError(
-            ErrorCode.EVALUATION_UNAVAILABLE, "this daemon does not serve Evaluate"
+        """Aggregate scores of the streamed synthetic rows against the owner's hold-out."""
+        if self._evaluator is None:
+            raise Fair4FreeError(ErrorCode.EVALUATION_UNAVAILABLE, EVALUATION_NOT_SERVED)
+        config = self._teacher.model.config
+        rows, sensitive = evaluate_rows_from_chunks(
+            request_iterator,
+            width=config.input_dim,
+            n_groups=config.n_sensitive,
+            max_rows=self._max_rows,
+            min_rows=self._evaluator.settings.min_rows,
         )
+        return evaluation_to_proto(self._evaluator.score(rows, sensitive))

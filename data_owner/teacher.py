@@ -70,10 +70,17 @@ class FairVAE(nn.Module):
         target = self.target_decoder(z)  # [n, input_dim - target_start]
         return torch.cat([features, target], dim=1)
 
-    def forward(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Returns (raw reconstruction, z, mu, logvar) for a training batch."""
+    def forward(
+        self, x: Tensor, s: Tensor, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Returns (raw reconstruction, z, mu, logvar) for a training batch.
+
+        ``noise`` [n, latent_dim] is the reparameterisation noise, drawn here when not given; a
+        caller passes it to make one row's loss the same alone as inside a batch (DP checks).
+        """
         mu, logvar = self.encode(x, s)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        noise = torch.randn_like(mu) if noise is None else noise
+        z = mu + noise * (0.5 * logvar).exp()
         return self.decode_raw(z, s), z, mu, logvar
 
 

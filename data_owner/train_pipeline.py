@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from fair4free.common.encoding import TableEncoder
 from fair4free.common.schema import TableSchema
+from fair4free.data_owner.dp_training import DPConfig, resolve_fair_labels, train_teacher_dp
 from fair4free.data_owner.fair_labels import FairLabels, MassagingReport, massage_labels
+from fair4free.data_owner.holdout import SPLIT_KEY, HoldoutSplit
 from fair4free.data_owner.registry import save_teacher
 from fair4free.data_owner.teacher import TeacherConfig
 from fair4free.data_owner.training import TrainingConfig, train_teacher
@@ -27,9 +30,18 @@ def train_to_directory(
     latent_dim: int,
     hidden: int,
     training: TrainingConfig,
-    fair_labels: FairLabels = "massage",
+    fair_labels: FairLabels | None = None,
+    split: HoldoutSplit | None = None,
+    dp: DPConfig | None = None,
 ) -> str:
-    """Train a teacher on ``frame`` and save it to ``out``; returns the content hash."""
+    """Train a teacher on ``frame`` and save it to ``out``; returns the content hash.
+
+    ``split`` records which rows of the source file were held out of ``frame`` (see
+    ``holdout.py``); the release check and the Evaluate RPC find the hold-out through it.
+    ``dp`` trains with DP-SGD (``dp_training.py``) and records the spent budget under
+    ``privacy``; ``fair_labels`` None means massaging, or none under DP.
+    """
+    fair_labels = resolve_fair_labels(fair_labels, dp)
     massaging: MassagingReport | None = None
     if fair_labels == "massage":
         frame, massaging = massage_labels(frame, schema, seed=training.seed)
@@ -56,9 +68,16 @@ def train_to_directory(
         schema.sensitive,
         teacher_config.n_sensitive,
     )
-    model, summary = train_teacher(
-        x, s, blocks=encoder.blocks, teacher_config=teacher_config, config=training
-    )
+    privacy: dict[str, Any] = {}
+    if dp is None:
+        model, summary = train_teacher(
+            x, s, blocks=encoder.blocks, teacher_config=teacher_config, config=training
+        )
+    else:
+        model, summary, spent = train_teacher_dp(
+            x, s, blocks=encoder.blocks, teacher_config=teacher_config, config=training, dp=dp
+        )
+        privacy = {"privacy": spent.metadata()}
     logger.info(
         "trained in %.0f s: reconstruction %.3f, dcor(posterior, s) %.3f",
         summary.seconds,
@@ -77,5 +96,7 @@ def train_to_directory(
         extra={
             "fair_labels": fair_labels,
             "massaging": None if massaging is None else dataclasses.asdict(massaging),
+            **({} if split is None else {SPLIT_KEY: split.to_metadata()}),
+            **privacy,
         },
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import Tensor
 
 from fair4free.common.encoding import Block
 from fair4free.common.fairness_loss import distance_correlation, one_hot_sensitive
@@ -54,6 +55,35 @@ class TrainingSummary:
     seconds: float
 
 
+@dataclass(frozen=True)
+class VaeTerms:
+    """One batch's VAE losses and the posterior parameters that a fairness penalty looks at.
+
+    Both losses are means over rows of a per-row term, so they decompose per example: DP-SGD
+    (``dp_training``) relies on that; only the penalty differs between the two training modes.
+    """
+
+    reconstruction: Tensor
+    kl: Tensor
+    posterior: Tensor  # [n, 2 * latent_dim]: (mu, logvar) of each row
+
+
+def vae_terms(
+    model: FairVAE,
+    x: Tensor,
+    s: Tensor,
+    blocks: Sequence[Block],
+    noise: Tensor | None = None,
+) -> VaeTerms:
+    """Reconstruction and KL of a batch (x [n, width], s [n]); ``noise`` as in ``FairVAE``."""
+    raw, _, mu, logvar = model(x, s, noise)
+    return VaeTerms(
+        reconstruction=reconstruction_loss(raw, x, blocks),
+        kl=kl_to_standard_normal(mu, logvar),
+        posterior=torch.cat([mu, logvar], dim=1),
+    )
+
+
 def train_teacher(
     x: npt.NDArray[np.float32],
     s: npt.NDArray[np.int64],
@@ -78,34 +108,39 @@ def train_teacher(
         for start in range(0, n_rows - config.batch_size // 2, config.batch_size):
             index = order[start : start + config.batch_size]
             x_batch, s_batch = x_all[index], s_all[index]
-            raw, _, mu, logvar = model(x_batch, s_batch)
-            recon = reconstruction_loss(raw, x_batch, blocks)
-            kl = kl_to_standard_normal(mu, logvar)
+            terms = vae_terms(model, x_batch, s_batch, blocks)
             dcor = distance_correlation(
-                torch.cat([mu, logvar], dim=1),
-                one_hot_sensitive(s_batch, teacher_config.n_sensitive),
+                terms.posterior, one_hot_sensitive(s_batch, teacher_config.n_sensitive)
             )
-            loss = recon + config.kl_weight * kl + config.fairness_weight * dcor
+            loss = terms.reconstruction + config.kl_weight * terms.kl
+            loss = loss + config.fairness_weight * dcor
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
-            totals += (recon.item(), kl.item(), dcor.item())
+            totals += (terms.reconstruction.item(), terms.kl.item(), dcor.item())
             batches += 1
-        recon_m, kl_m, dcor_m = totals / max(batches, 1)
-        logger.info(
-            "epoch %d/%d  reconstruction %.3f  kl %.3f  dcor(posterior, s) %.3f  (%.0f s)",
-            epoch,
-            config.epochs,
-            recon_m,
-            kl_m,
-            dcor_m,
-            time.monotonic() - started,
-        )
+        log_epoch(epoch, config.epochs, totals / max(batches, 1), "dcor(posterior, s)", started)
     model.eval()
-    return model, _summarise(model, x_all, s_all, blocks, teacher_config, started)
+    return model, summarise(model, x_all, s_all, blocks, teacher_config, started)
 
 
-def _summarise(
+def log_epoch(
+    epoch: int, epochs: int, means: npt.NDArray[np.float64], penalty: str, started: float
+) -> None:
+    """One progress line: mean reconstruction, KL and fairness penalty (named) of the epoch."""
+    logger.info(
+        "epoch %d/%d  reconstruction %.3f  kl %.3f  %s %.3f  (%.0f s)",
+        epoch,
+        epochs,
+        means[0],
+        means[1],
+        penalty,
+        means[2],
+        time.monotonic() - started,
+    )
+
+
+def summarise(
     model: FairVAE,
     x: torch.Tensor,
     s: torch.Tensor,
@@ -116,15 +151,13 @@ def _summarise(
     """Final losses on a fixed subsample, so the summary is comparable across runs."""
     with torch.no_grad():
         x_eval, s_eval = x[:2000], s[:2000]
-        raw, _, mu, logvar = model(x_eval, s_eval)
+        terms = vae_terms(model, x_eval, s_eval, blocks)
+        dcor = distance_correlation(
+            terms.posterior, one_hot_sensitive(s_eval, teacher_config.n_sensitive)
+        )
         return TrainingSummary(
-            reconstruction=float(reconstruction_loss(raw, x_eval, blocks)),
-            kl=float(kl_to_standard_normal(mu, logvar)),
-            latent_sensitive_dcor=float(
-                distance_correlation(
-                    torch.cat([mu, logvar], dim=1),
-                    one_hot_sensitive(s_eval, teacher_config.n_sensitive),
-                )
-            ),
+            reconstruction=float(terms.reconstruction),
+            kl=float(terms.kl),
+            latent_sensitive_dcor=float(dcor),
             seconds=time.monotonic() - started,
         )

@@ -100,18 +100,20 @@ def server_address(
 
 
 def start_daemon(
-    teacher_dir: Path, pki_dir: PkiLayout, state: Path
+    teacher_dir: Path, pki_dir: PkiLayout, state: Path, *extra: str
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``fair4free-owner serve`` on ``state`` (policy in ``state/policy.toml``), once it serves.
 
-    Its stderr goes to ``state/daemon.log``, so a daemon that refuses to (re)start says why.
+    ``extra`` are further serve options. Its stderr goes to ``state/daemon.log``, so a daemon that
+    refuses to (re)start says why.
     """
     ready = state / f"ready-{time.monotonic_ns()}"
     with (state / "daemon.log").open("ab") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "fair4free.data_owner", "serve", "--model", str(teacher_dir),
              "--pki", str(pki_dir.root), "--policy", str(state / "policy.toml"),
-             "--state-dir", str(state), "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
+             "--state-dir", str(state), "--listen", "127.0.0.1:0", "--ready-file", str(ready),
+             *extra],
             stdout=subprocess.DEVNULL, stderr=stderr,
         )  # fmt: skip
     deadline = time.monotonic() + 60

@@ -177,7 +177,7 @@ INVALID = [
     ),
     pytest.param(
         client_toml('methods = ["Decode"]\nbudgets = { Decode = 5, Decod = 5 }'),
-        f"clients.{Q}.budgets.Decod: unknown key, expected one of SampleLatents, Decode",
+        f"clients.{Q}.budgets.Decod: unknown key, expected one of SampleLatents, Decode, Evaluate",
         id="budget-for-unknown-method",
     ),
     pytest.param(
@@ -188,7 +188,7 @@ INVALID = [
     pytest.param(
         client_toml('methods = ["GetManifest", "Decod"]'),
         f"clients.{Q}.methods[1]: unknown method, expected one of GetManifest, SampleLatents, "
-        'Decode, got "Decod"',
+        'Decode, Evaluate, got "Decod"',
         id="unknown-method",
     ),
     pytest.param(
