@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 import torch
 
@@ -36,12 +35,14 @@ from bench.provenance import provenance, timed
 from fair4free.common.cli_support import configure_logging, run_cli
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.metrics import EvaluationReport, evaluate_synthetic
+from fair4free.common.privacy import PrivacyConfig, evaluate_privacy
 from fair4free.common.schema import TableSchema
 from fair4free.common.tls import client_identity_uri
 from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.consumer.distillation import DistillConfig, distill
 from fair4free.consumer.student import Student
 from fair4free.data_owner import datasets, queries
+from fair4free.data_owner.dp_training import DPConfig
 from fair4free.data_owner.pki import init_pki, issue_client
 from fair4free.data_owner.policy import render_policy
 from fair4free.data_owner.registry import Teacher, load_teacher
@@ -145,41 +146,54 @@ def train_teacher(
     *,
     weight: float,
     out: Path,
+    dp: DPConfig | None = None,
 ) -> None:
-    """Train the teacher the benchmark scores, at one fairness weight, into ``out``."""
+    """Train the teacher the benchmark scores, at one fairness weight, into ``out``.
+
+    With ``dp`` it is the DP-SGD teacher of ``fair4free-owner train --dp-epsilon``.
+    """
     training = TrainingConfig(epochs=settings.epochs, fairness_weight=weight, seed=settings.seed)
     train_to_directory(
         train, schema, out=out, dataset_name=dataset_name, latent_dim=settings.latent_dim,
-        hidden=settings.hidden, training=training,
+        hidden=settings.hidden, training=training, dp=dp,
     )  # fmt: skip
 
 
 def teacher_samples(teacher: Teacher, rows: int, seed: int) -> pd.DataFrame:
     """The teacher's own decoded samples, as the owner could make them (no distillation)."""
-    rng = np.random.default_rng(seed)
-    return decode_with_teacher(teacher, queries.sample_latents(teacher, rows, rng), rng)
+    return queries.sample_rows(teacher, rows, np.random.default_rng(seed))
 
 
-def decode_with_teacher(
-    teacher: Teacher, latents: npt.NDArray[np.float32], rng: np.random.Generator
-) -> pd.DataFrame:
-    """Rows in the original schema for ``latents``, each with s drawn from p(s)."""
-    rows = int(latents.shape[0])
-    marginal = np.asarray(teacher.encoder.sensitive_marginal)
-    sensitive = rng.choice(len(marginal), size=rows, p=marginal).astype(np.int64)
-    outputs = np.concatenate(
-        [
-            queries.decode(teacher, latents[start : start + 8192], sensitive[start : start + 8192])
-            for start in range(0, rows, 8192)
-        ]
-    )
-    return teacher.encoder.decode(outputs, sensitive, rng=rng)
+PRIVACY_KEYS = (
+    "dcr_ratio",
+    "closer_to_train_share",
+    "exact_copy_share",
+    "mia_auc",
+    "mia_tpr_at_1pct_fpr",
+)
 
 
 def evaluate_rows(
-    frame: pd.DataFrame, test: pd.DataFrame, schema: TableSchema, settings: BenchSettings
+    frame: pd.DataFrame,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    schema: TableSchema,
+    settings: BenchSettings,
 ) -> dict[str, float | int | None]:
-    """Score one table the one way every row of every benchmark table is scored."""
+    """Score one table the one way every row of every benchmark table is scored.
+
+    Fairness, utility and quality against the test split; privacy against the training rows with
+    the test split as the hold-out (it is real, from the same population, and unseen by every
+    generator here). ``mia_auc_worst_group`` is the highest attack AUC of any sensitive group.
+    """
+    privacy = evaluate_privacy(
+        frame, train, test, sensitive=schema.sensitive, target=schema.target,
+        config=PrivacyConfig(seed=settings.seed, max_rows=settings.max_quality_rows),
+    ).to_dict()  # fmt: skip
+    overall = privacy["overall"]
+    group_aucs = [g["mia_auc"] for g in privacy["groups"].values() if g["mia_auc"] is not None]
+    scores: dict[str, float | int | None] = {key: overall[key] for key in PRIVACY_KEYS}
+    scores["mia_auc_worst_group"] = max(group_aucs) if group_aucs else None
     report: EvaluationReport = evaluate_synthetic(
         frame,
         test,
@@ -189,7 +203,7 @@ def evaluate_rows(
         seed=settings.seed,
         max_quality_rows=settings.max_quality_rows,
     )
-    return report.to_dict()
+    return {**report.to_dict(), **scores}
 
 
 def two_party_student(
@@ -238,34 +252,7 @@ def run(
         make: Callable[[int], pd.DataFrame] | None,
         seconds: dict[str, float],
     ) -> None:
-        """Sample (unless ``make`` is None: the real rows) and score once per scoring seed."""
-        reports, generate, evaluate = [], [], []
-        for seed in range(settings.seed, settings.seed + settings.scoring_seeds):
-            frame, made = (train, None) if make is None else timed(functools.partial(make, seed))
-            scoring = dataclasses.replace(settings, seed=seed)
-            report, scored = timed(functools.partial(evaluate_rows, frame, test, schema, scoring))
-            reports.append(report)
-            evaluate.append(scored)
-            if made is not None:
-                generate.append(made)
-        if generate:
-            seconds["generate"] = round(float(np.mean(generate)), 4)
-        seconds["evaluate"] = round(float(np.mean(evaluate)), 4)
-        rate = round(len(train) / max(seconds["generate"], 1e-9)) if generate else None
-        mean, sd = _mean_and_sd(reports)
-        rows.append(
-            Row(
-                name=name,
-                method=method,
-                fairness_weight=weight,
-                report=mean,
-                report_sd=sd,
-                seconds=seconds,
-                rows_per_second=rate,
-                peak_rss_mb=_peak_rss_mb(),
-            )
-        )
-        logger.info("%s: %s", name, _brief(mean))
+        rows.append(score_table(name, method, weight, make, seconds, train, test, schema, settings))
 
     score("real training rows", "real", None, None, {})
     weights = sorted(set(settings.weights) | {settings.default_weight})
@@ -307,6 +294,47 @@ def run(
         "rows": [dataclasses.asdict(row) for row in rows],
         "provenance": torch_provenance(),
     }
+
+
+def score_table(
+    name: str,
+    method: str,
+    weight: float | None,
+    make: Callable[[int], pd.DataFrame] | None,
+    seconds: dict[str, float],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    schema: TableSchema,
+    settings: BenchSettings,
+) -> Row:
+    """Sample (unless ``make`` is None: the real rows) and score once per scoring seed."""
+    reports, generate, evaluate = [], [], []
+    for seed in range(settings.seed, settings.seed + settings.scoring_seeds):
+        frame, made = (train, None) if make is None else timed(functools.partial(make, seed))
+        scoring = dataclasses.replace(settings, seed=seed)
+        report, scored = timed(
+            functools.partial(evaluate_rows, frame, train, test, schema, scoring)
+        )
+        reports.append(report)
+        evaluate.append(scored)
+        if made is not None:
+            generate.append(made)
+    if generate:
+        seconds["generate"] = round(float(np.mean(generate)), 4)
+    seconds["evaluate"] = round(float(np.mean(evaluate)), 4)
+    rate = round(len(train) / max(seconds["generate"], 1e-9)) if generate else None
+    mean, sd = _mean_and_sd(reports)
+    logger.info("%s: %s", name, _brief(mean))
+    return Row(
+        name=name,
+        method=method,
+        fairness_weight=weight,
+        report=mean,
+        report_sd=sd,
+        seconds=seconds,
+        rows_per_second=rate,
+        peak_rss_mb=_peak_rss_mb(),
+    )
 
 
 def _student_rows(student: Student, rows: int, seed: int) -> pd.DataFrame:

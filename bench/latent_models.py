@@ -27,7 +27,6 @@ import torch
 from bench.fidelity import (
     RESULTS_DIR,
     BenchSettings,
-    decode_with_teacher,
     evaluate_rows,
     load_dataset,
     split_and_schema,
@@ -105,8 +104,8 @@ def run(settings: BenchSettings, data_home: Path | None, cohort_rows: int) -> di
         pool = queries.sample_latents(teacher, settings.distill.latent_rows, rng)
         for name, draw in candidates(teacher, pool, settings.seed).items():
             latents, seconds = timed(functools.partial(draw, len(train)))
-            frame = decode_with_teacher(teacher, latents, np.random.default_rng(settings.seed))
-            report = evaluate_rows(frame, test, schema, settings)
+            frame = queries.decode_rows(teacher, latents, np.random.default_rng(settings.seed))
+            report = evaluate_rows(frame, train, test, schema, settings)
             check = collapse_report(torch.from_numpy(latents[:5000]), torch.from_numpy(pool[:5000]))
             rows.append({"name": name, "report": report, "collapse": dataclasses.asdict(check),
                          "fit_and_draw_seconds": seconds})  # fmt: skip

@@ -22,6 +22,16 @@ COLUMNS = (
     ("a-Prec", "alpha_precision"), ("b-Rec", "beta_recall"), ("Auth", "authenticity"),
 )  # fmt: skip
 
+PRIVACY_COLUMNS = (
+    ("DCR ratio", "dcr_ratio"), ("closer to train", "closer_to_train_share"),
+    ("exact copies", "exact_copy_share"), ("MIA AUC", "mia_auc"),
+    ("MIA AUC worst group", "mia_auc_worst_group"), ("TPR@1%FPR", "mia_tpr_at_1pct_fpr"),
+)  # fmt: skip
+PRIVACY_BAR = (
+    "synthetic rows no closer to the training rows than the hold-out is (DCR ratio >= 1.0), "
+    "membership-inference AUC <= 0.55 and TPR at 1% FPR <= 0.02 (issue 6, on Adult)"
+)
+
 _STAGE_ORDER = ("train", "distill", "generate", "evaluate")
 
 BARS = {
@@ -87,6 +97,26 @@ def _table(document: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _privacy_table(document: dict[str, Any]) -> list[str]:
+    """The privacy scores of the same rows; empty for results files from before they existed."""
+    if not any("mia_auc" in row["report"] for row in document["rows"]):
+        return []
+    lines = [
+        "",
+        "Privacy of the same tables against the training rows, the test split serving as the "
+        "hold-out (`common/privacy.py`; at most "
+        f"{document['settings']['max_quality_rows']} rows of each side). Bar: {PRIVACY_BAR}. "
+        "The real training rows are the sanity check: they are the training rows.",
+        "",
+        "| rows | " + " | ".join(name for name, _ in PRIVACY_COLUMNS) + " |",
+        "|" + "---|" * (len(PRIVACY_COLUMNS) + 1),
+    ]
+    for row in document["rows"]:
+        cells = [_cell(row["report"].get(key)) for _, key in PRIVACY_COLUMNS]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _section(document: dict[str, Any], results_dir: Path) -> list[str]:
     settings = document["settings"]
     provenance = document["provenance"]
@@ -113,6 +143,7 @@ def _section(document: dict[str, Any], results_dir: Path) -> list[str]:
     if bar:
         lines += [f"Bar (issue 3): {bar}.", ""]
     lines += _table(document)
+    lines += _privacy_table(document)
     collapse = document.get("student_collapse") or {}
     if collapse:
         lines += [
@@ -173,6 +204,62 @@ NOTES = (
 )
 
 
+PRIVACY_BENCH_COLUMNS = (
+    ("DPR", "dpr"), ("Acc", "accuracy"), ("AUROC", "auroc"), ("Density", "density"),
+    ("Coverage", "coverage"), ("DCR ratio", "dcr_ratio"),
+    ("closer to train", "closer_to_train_share"), ("exact copies", "exact_copy_share"),
+    ("MIA AUC", "mia_auc"), ("TPR@1%FPR", "mia_tpr_at_1pct_fpr"),
+)  # fmt: skip
+
+
+def _epsilon_cell(row: dict[str, Any], scope: str) -> str:
+    value = row.get("epsilon", {}).get(scope)
+    return "none" if value is None else f"{value:.2f}"
+
+
+def _privacy_bench_section(document: dict[str, Any]) -> list[str]:
+    """One ``bench.privacy`` results file: epsilon, quality and privacy of each way of serving."""
+    settings, dp, provenance = document["settings"], document["dp_teacher"], document["provenance"]
+    lines = [
+        f"## Privacy: {document['dataset']}",
+        "",
+        f"`python -m bench.privacy`. The fidelity benchmark's split (seed {settings['seed']}: "
+        f"{document['train_rows']} training rows, {document['test_rows']} test rows, the test "
+        "rows serving as the privacy hold-out), teacher settings and scoring (mean over "
+        f"{settings['scoring_seeds']} seeds). DP teacher: DP-SGD via Opacus, noise multiplier "
+        f"{dp['noise_multiplier']:.3f}, clip {dp['max_grad_norm']:g}, sampling rate "
+        f"{dp['sample_rate']:.4f}, {dp['steps']} steps, delta {dp['delta']:g}, {dp['adjacency']}. "
+        "Latent release epsilon: after releasing as many rows as the table has (replace-one "
+        f"adjacency, delta {document['privacy_settings']['latent_delta']:g}); 'none': "
+        "no formal guarantee. Produced by commit "
+        f"`{provenance['commit']}` on {provenance['utc']} ({provenance['machine']}).",
+        "",
+        f"Bar (issue 6): {PRIVACY_BAR}; with the DP teacher at epsilon 8, DPR >= 0.9.",
+        "",
+        "| rows | epsilon teacher | epsilon latents | "
+        + " | ".join(name for name, _ in PRIVACY_BENCH_COLUMNS)
+        + " |",
+        "|" + "---|" * (len(PRIVACY_BENCH_COLUMNS) + 3),
+    ]
+    for row in document["rows"]:
+        cells = [_cell(row["report"].get(key)) for _, key in PRIVACY_BENCH_COLUMNS]
+        epsilons = f"{_epsilon_cell(row, 'teacher')} | {_epsilon_cell(row, 'latent_release')}"
+        lines.append(f"| {row['name']} | {epsilons} | " + " | ".join(cells) + " |")
+    by_method = {row["method"]: row["report"] for row in document["rows"]}
+    if "teacher" in by_method and "dp-teacher" in by_method:
+        base = by_method["teacher"]["accuracy"]
+        drops = ", ".join(
+            f"{by_method[method]['accuracy'] - base:+.3f} ({what})"
+            for method, what in (
+                ("dp-teacher", "posterior latents"),
+                ("dp-teacher-prior", "prior latents"),
+            )
+            if method in by_method
+        )
+        lines += ["", f"Accuracy of the DP teacher's rows minus the default teacher's: {drops}."]
+    return lines + [""]
+
+
 def render_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> Path:
     """Write the results page from every ``fidelity-*.json`` in ``results_dir``."""
     documents = [
@@ -197,6 +284,8 @@ def render_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> Path:
         lines += _section(document, results_dir)
         if document["dataset"] in ablation_of:
             lines += _latent_section(ablation_of[document["dataset"]])
+    for path in sorted(results_dir.glob("privacy-*.json")):
+        lines += _privacy_bench_section(json.loads(path.read_text()))
     if not documents:
         lines += ["No results yet: run `python -m bench.fidelity --dataset adult`.", ""]
     else:

@@ -37,6 +37,11 @@ def test_fidelity_benchmark_writes_results_plot_and_page(tmp_path: Path) -> None
     assert document["train_rows"] + document["test_rows"] == 1200
     for row in document["rows"]:  # two seeds scored: each metric has a spread
         assert row["report_sd"]["dpr"] is not None and row["report_sd"]["dpr"] >= 0
+    real, teacher = document["rows"][0]["report"], document["rows"][2]["report"]
+    # The training rows scored as if synthetic are the worst possible leak; the teacher's
+    # samples must not look like it.
+    assert real["exact_copy_share"] == 1.0 and real["dcr_ratio"] == 0.0
+    assert teacher["exact_copy_share"] < 0.5 and teacher["dcr_ratio"] > 0.5
     assert document["provenance"]["commit"]
     assert (tmp_path / "frontier-cohort.png").read_bytes().startswith(b"\x89PNG")
 
@@ -44,6 +49,7 @@ def test_fidelity_benchmark_writes_results_plot_and_page(tmp_path: Path) -> None
     student = document["rows"][-1]["report"]
     assert f"| two-party student, {default} | {student['dpr']:.3f} |" in page
     assert "frontier-cohort.png" in page
+    assert f"| two-party student, {default} | {student['dcr_ratio']:.3f} |" in page
 
 
 def _tiny(*args: str) -> list[str]:

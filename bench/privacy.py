@@ -1,0 +1,220 @@
+"""The privacy benchmark: what each way of serving the teacher costs in privacy and in quality.
+
+    python -m bench.privacy --dataset adult --data-home ../shared/datasets
+    python -m bench.report            # regenerate docs/results.md from every results file
+
+For one dataset and one seeded split (the fidelity benchmark's), in one run: the real training
+rows (the sanity check: they are the worst possible leak); the default teacher's samples and the
+two-party student distilled from it; a DP-SGD teacher (``--dp-epsilon``) with its posterior
+latents, with latents from the prior (the fully DP path: nothing but DP weights is read), and
+with Gaussian-released latents at each noise multiplier of ``--latent-sigmas``. Every table is
+scored by ``bench.fidelity.score_table``: fairness, utility and quality against the test split,
+privacy against the training rows with the test split as the hold-out. Each row states the
+epsilon that holds for it (teacher weights; latent release after as many rows as the table has).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.fidelity import (
+    RESULTS_DIR,
+    BenchSettings,
+    Row,
+    load_dataset,
+    score_table,
+    split_and_schema,
+    teacher_samples,
+    torch_provenance,
+    train_teacher,
+    two_party_student,
+)
+from bench.provenance import timed
+from fair4free.common.cli_support import configure_logging, run_cli
+from fair4free.consumer.distillation import DistillConfig
+from fair4free.data_owner import datasets, queries
+from fair4free.data_owner.dp_training import DPConfig
+from fair4free.data_owner.latent_release import (
+    DEFAULT_DELTA,
+    GaussianLatentSettings,
+    released_latents,
+)
+from fair4free.data_owner.privacy_statement import teacher_guarantee
+from fair4free.data_owner.registry import Teacher, load_teacher
+from fair4free.data_owner.training import TrainingConfig
+
+logger = logging.getLogger("bench.privacy")
+
+DEFAULT_SIGMAS = (1.0, 4.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrivacyBenchSettings:
+    """What the privacy benchmark adds to the fidelity benchmark's settings."""
+
+    dp_epsilon: float = 8.0
+    latent_sigmas: tuple[float, ...] = DEFAULT_SIGMAS
+    latent_epsilon_limit: float = 1000.0
+    latent_delta: float = DEFAULT_DELTA
+
+
+def _prior_rows(teacher: Teacher, rows: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    latents = rng.standard_normal((rows, teacher.model.config.latent_dim)).astype(np.float32)
+    return queries.decode_rows(teacher, latents, rng)
+
+
+def _gaussian_rows(
+    teacher: Teacher, settings: GaussianLatentSettings, rows: int, seed: int
+) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    latents, _ = released_latents(teacher, rows, rng, settings)
+    return queries.decode_rows(teacher, latents, rng)
+
+
+def run(
+    settings: BenchSettings, extra: PrivacyBenchSettings, data_home: Path | None, cohort_rows: int
+) -> dict[str, Any]:
+    """The whole privacy benchmark for one dataset; returns the results document."""
+    dataset = load_dataset(settings.dataset, data_home, cohort_rows)
+    schema, train, test = split_and_schema(dataset, settings)
+    logger.info("%s: %d training rows, %d test rows", dataset.name, len(train), len(test))
+    rows: list[dict[str, Any]] = []
+    weight = settings.default_weight
+
+    def score(
+        name: str, method: str, make: Any, seconds: dict[str, float], **epsilon: float
+    ) -> None:
+        row: Row = score_table(name, method, weight, make, seconds, train, test, schema, settings)
+        rows.append({**dataclasses.asdict(row), "epsilon": epsilon})
+
+    score("real training rows", "real", None, {})
+    with tempfile.TemporaryDirectory(prefix="fair4free-privacy-") as scratch:
+        work = Path(scratch)
+        plain_dir, dp_dir = work / "teacher", work / "teacher-dp"
+        _, plain_seconds = timed(functools.partial(
+            train_teacher, train, schema, dataset.name, settings, weight=weight, out=plain_dir
+        ))  # fmt: skip
+        plain = load_teacher(plain_dir)
+        score(f"teacher samples, weight {weight:g}", "teacher",
+              functools.partial(teacher_samples, plain, len(train)),
+              {"train": plain_seconds})  # fmt: skip
+        student, distill_seconds = two_party_student(plain_dir, work, settings)
+        score(f"two-party student, weight {weight:g}", "student",
+              functools.partial(_student_rows, student, len(train)),
+              {"train": plain_seconds, "distill": distill_seconds})  # fmt: skip
+
+        dp = DPConfig(epsilon=extra.dp_epsilon)
+        _, dp_seconds = timed(functools.partial(
+            train_teacher, train, schema, dataset.name, settings, weight=weight, out=dp_dir, dp=dp
+        ))  # fmt: skip
+        private = load_teacher(dp_dir)
+        guarantee = teacher_guarantee(private.metadata)
+        assert guarantee is not None  # the DP teacher records what it spent
+        label = f"DP teacher (epsilon {guarantee.epsilon:.2f})"
+        spent = {"teacher": guarantee.epsilon}
+        score(f"{label}, posterior latents", "dp-teacher",
+              functools.partial(teacher_samples, private, len(train)),
+              {"train": dp_seconds}, **spent)  # fmt: skip
+        score(f"{label}, prior latents", "dp-teacher-prior",
+              functools.partial(_prior_rows, private, len(train)),
+              {"train": dp_seconds}, **spent, latent_release=0.0)  # fmt: skip
+        for sigma in extra.latent_sigmas:
+            gaussian = GaussianLatentSettings(
+                noise_multiplier=sigma,
+                epsilon_limit=extra.latent_epsilon_limit,
+                delta=extra.latent_delta,
+            )
+            _, release_epsilon = released_latents(
+                private, len(train), np.random.default_rng(0), gaussian
+            )
+            score(f"{label}, Gaussian latents sigma {sigma:g}", "dp-teacher-gaussian",
+                  functools.partial(_gaussian_rows, private, gaussian, len(train)),
+                  {"train": dp_seconds}, **spent, latent_release=release_epsilon)  # fmt: skip
+        dp_metadata = private.metadata["privacy"]["teacher"]
+
+    return {
+        "benchmark": "privacy",
+        "dataset": dataset.name,
+        "target": schema.target,
+        "sensitive": schema.sensitive,
+        "positive_class": schema.positive_class,
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "settings": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
+        "privacy_settings": dataclasses.asdict(extra),
+        "dp_teacher": dp_metadata,
+        "rows": rows,
+        "provenance": torch_provenance(),
+    }
+
+
+def _student_rows(student: Any, rows: int, seed: int) -> pd.DataFrame:
+    frame: pd.DataFrame = student.sample(rows, seed=seed)
+    return frame
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command line of the privacy benchmark."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.privacy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dataset", choices=["adult", "compas", "cohort"], required=True)
+    parser.add_argument("--data-home", type=Path, help=f"or ${datasets.DATA_HOME_ENV}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
+    parser.add_argument("--steps", type=int, default=DistillConfig.decoder_steps)
+    parser.add_argument("--pool-rows", type=int, default=DistillConfig.latent_rows)
+    parser.add_argument("--cohort-rows", type=int, default=6000)
+    parser.add_argument("--scoring-seeds", type=int, default=BenchSettings.scoring_seeds)
+    parser.add_argument("--dp-epsilon", type=float, default=PrivacyBenchSettings.dp_epsilon)
+    parser.add_argument(
+        "--latent-sigmas",
+        default=",".join(f"{s:g}" for s in DEFAULT_SIGMAS),
+        help="noise multipliers of the Gaussian latent release, comma-separated",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the privacy benchmark for one dataset and write its results file."""
+    args = build_parser().parse_args(argv)
+    configure_logging()
+
+    def body() -> int:
+        settings = BenchSettings(
+            dataset=args.dataset, seed=args.seed, weights=(), epochs=args.epochs,
+            scoring_seeds=args.scoring_seeds,
+            distill=DistillConfig(latent_rows=args.pool_rows, decode_rows=args.pool_rows,
+                                  decoder_steps=args.steps, seed=args.seed),
+        )  # fmt: skip
+        extra = PrivacyBenchSettings(
+            dp_epsilon=args.dp_epsilon,
+            latent_sigmas=tuple(float(s) for s in args.latent_sigmas.split(",") if s.strip()),
+        )
+        document = run(settings, extra, args.data_home, args.cohort_rows)
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"privacy-{document['dataset'].lower()}.json"
+        path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {path}")
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
