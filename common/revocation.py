@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.tls import load_certificates, read_pem
@@ -28,8 +28,8 @@ from fair4free.common.tls import load_certificates, read_pem
 CRL_FILE = "crl.pem"
 """File name of the certificate revocation list inside a PKI directory."""
 
+# DSA is left out: no CA this project makes uses it, and cryptography 51 deprecates it.
 _ISSUER_KEY_TYPES = (
-    dsa.DSAPublicKey,
     ec.EllipticCurvePublicKey,
     ed448.Ed448PublicKey,
     ed25519.Ed25519PublicKey,
