@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--fair-labels",
         choices=["massage", "none"],
-        help="equalise positive rates across groups first (default: massage; none under DP)",
+        help="equalise positive rates across groups first (default: massage; under DP its "
+        "private form, inside the same epsilon)",
     )
     train.add_argument("--dp-epsilon", type=float, help="DP-SGD to this epsilon (docs/privacy.md)")
     train.add_argument("--dp-delta", type=float, help="default: 1/(10 rows), a power of ten")

@@ -19,9 +19,10 @@ maximising the adversary's cross-entropy, Ganin et al. 2016) was tried first: it
 encoding s inverted rather than dropping it, and on Adult at epsilon 8 left dcor(posterior, s) at
 0.32 against 0.13 with confusion (docs/privacy.md has the numbers).
 
-Label massaging (``fair_labels``) relabels rows from statistics of the whole table, so one record
-can change other records' labels, which no per-record clipping accounts for: under DP it must not
-run (``resolve_fair_labels``).
+Label massaging (``fair_labels.py``) relabels rows from statistics of the whole table, so one
+record can change other records' labels, which no per-record clipping accounts for. Under DP it
+runs in its private form (``dp_massaging.py``): its mechanisms are passed in as ``spent`` and the
+teacher's noise is chosen so that all of them together meet the target (``noise_for_budget``).
 
 Randomness: Poisson sampling and the noise come from a generator seeded from the operating system
 afresh for every run, never from ``--seed``: noise drawn from a known seed is no noise to whoever
@@ -54,7 +55,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from fair4free.common.encoding import Block
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.nn_blocks import mlp
-from fair4free.data_owner.fair_labels import FairLabels
 from fair4free.data_owner.teacher import FairVAE, TeacherConfig
 from fair4free.data_owner.training import (
     TrainingConfig,
@@ -71,6 +71,8 @@ ACCOUNTANT: Final = "rdp"
 MIN_BATCHES_PER_EPOCH: Final = 2
 """Poisson sampling needs a sampling rate well below 1: at least this many expected batches per
 epoch (rows >= 2 x batch size), or privacy amplification by sampling is mostly lost."""
+Mechanism = tuple[float, float, int]
+"""(noise multiplier, sample rate, steps): one entry of an Opacus RDP accountant's history."""
 _OPACUS_BUDGET_TOO_LOW: Final = "privacy budget is too low"  # opacus 1.6's noise-search failure
 
 
@@ -131,26 +133,6 @@ def dp_config(
     return DPConfig(epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm)
 
 
-def resolve_fair_labels(requested: FairLabels | None, dp: DPConfig | None) -> FairLabels:
-    """Massaging by default, none under DP; massaging asked for under DP is refused.
-
-    Massaging relabels rows from the whole table's statistics (a ranker fitted on every row, each
-    group's rate), so adding one record can flip other records' labels: DP-SGD's per-record bound
-    would not hold for the labels the teacher learns.
-    """
-    if dp is None:
-        return "massage" if requested is None else requested
-    if requested == "massage":
-        _invalid(
-            "--fair-labels massage cannot be combined with --dp-epsilon: massaging relabels rows "
-            "from statistics of the whole table, which DP-SGD does not account for; drop it "
-            "(under DP the default is none)"
-        )
-    if requested is None:
-        logger.info("DP-SGD: label massaging is off (it reads the whole table); --fair-labels none")
-    return "none"
-
-
 @dataclass(frozen=True, kw_only=True)
 class DPReport:
     """What DP-SGD training spent; ``metadata()`` is what the model directory records."""
@@ -162,12 +144,19 @@ class DPReport:
     sample_rate: float
     steps: int
     library: str
+    label_massaging: tuple[Mechanism, ...] = ()  # composed into epsilon when labels were massaged
 
     def metadata(self) -> dict[str, Any]:
         """The ``privacy`` entry of the model metadata (read by ``privacy_statement``)."""
+        massaged = {
+            "label_massaging": [
+                {"noise_multiplier": noise, "sample_rate": rate, "steps": steps}
+                for noise, rate, steps in self.label_massaging
+            ]
+        }
         return {
             "teacher": {
-                "mechanism": "dp-sgd",
+                "mechanism": "dp-sgd and dp label massaging" if self.label_massaging else "dp-sgd",
                 "epsilon": self.epsilon,
                 "delta": self.delta,
                 "adjacency": ADJACENCY,
@@ -177,6 +166,7 @@ class DPReport:
                 "steps": self.steps,
                 "accountant": ACCOUNTANT,
                 "library": self.library,
+                **(massaged if self.label_massaging else {}),
             }
         }
 
@@ -252,17 +242,16 @@ def train_teacher_dp(
     teacher_config: TeacherConfig,
     config: TrainingConfig,
     dp: DPConfig,
+    spent: Sequence[Mechanism] = (),
 ) -> tuple[FairVAE, TrainingSummary, DPReport]:
-    """Fit a FairVAE with DP-SGD to ``dp.epsilon``; the report holds the epsilon actually spent."""
-    opacus = _import_opacus()
+    """Fit a FairVAE with DP-SGD to ``dp.epsilon``; the report holds the epsilon actually spent.
+
+    ``spent`` are mechanisms that already read the same rows (DP label massaging): the epsilon
+    reached covers them and training together.
+    """
+    opacus = import_opacus()
     rows = int(x.shape[0])
-    delta = dp.delta_for(rows)
-    if rows < MIN_BATCHES_PER_EPOCH * config.batch_size:
-        _invalid(
-            f"DP-SGD needs at least {MIN_BATCHES_PER_EPOCH} x batch size = "
-            f"{MIN_BATCHES_PER_EPOCH * config.batch_size} training rows, got {rows}; "
-            "lower --batch-size or train on more rows"
-        )
+    delta = check_trainable(rows, config, dp)
     torch.manual_seed(config.seed)  # initial weights and reparameterisation noise only
     module = AdversarialFairVAE(
         FairVAE(teacher_config),
@@ -274,28 +263,28 @@ def train_teacher_dp(
     secret = torch.Generator().manual_seed(secrets.randbits(63))
     x_all, s_all = torch.from_numpy(x), torch.from_numpy(s)
     loader = DataLoader(TensorDataset(x_all, s_all), batch_size=config.batch_size, generator=secret)
-    try:
-        with _opacus_advice_off():
-            engine = opacus.PrivacyEngine(accountant=ACCOUNTANT)
-            private, dp_optimiser, dp_loader = engine.make_private_with_epsilon(
-                module=module,
-                optimizer=optimiser,
-                data_loader=loader,
-                target_epsilon=dp.epsilon,
-                target_delta=delta,
-                epochs=config.epochs,
-                max_grad_norm=dp.max_grad_norm,
-                poisson_sampling=True,
-                noise_generator=secret,
-            )
-    except ValueError as exc:
-        if _OPACUS_BUDGET_TOO_LOW not in str(exc):
-            raise
-        _invalid(
-            f"--dp-epsilon {dp.epsilon:g} at delta {delta:g} is too small for {config.epochs} "
-            f"epochs of batch {config.batch_size} on {rows} rows (no noise level reaches it); "
-            "raise --dp-epsilon or lower --epochs"
-        )
+    with opacus_advice_off():
+        engine = opacus.PrivacyEngine(accountant=ACCOUNTANT)
+        try:
+            if spent:
+                noise = noise_for_budget(dp.epsilon, delta, *poisson_schedule(rows, config), spent)
+                if noise is None:
+                    budget_too_small(dp, delta, config, rows)
+                private, dp_optimiser, dp_loader = engine.make_private(
+                    module=module, optimizer=optimiser, data_loader=loader,
+                    noise_multiplier=noise, max_grad_norm=dp.max_grad_norm,
+                    poisson_sampling=True, noise_generator=secret,
+                )  # fmt: skip
+            else:
+                private, dp_optimiser, dp_loader = engine.make_private_with_epsilon(
+                    module=module, optimizer=optimiser, data_loader=loader,
+                    target_epsilon=dp.epsilon, target_delta=delta, epochs=config.epochs,
+                    max_grad_norm=dp.max_grad_norm, poisson_sampling=True, noise_generator=secret,
+                )  # fmt: skip
+        except ValueError as exc:
+            if _OPACUS_BUDGET_TOO_LOW not in str(exc):
+                raise
+            budget_too_small(dp, delta, config, rows)
     logger.info(
         "DP-SGD to epsilon %g at delta %g: noise multiplier %.3f, clip %g, sample rate %.4f",
         dp.epsilon,
@@ -307,7 +296,7 @@ def train_teacher_dp(
     started = time.monotonic()
     _run_epochs(private, dp_optimiser, dp_loader, config.epochs, started)
     private.to_standard_module()  # drop Opacus' hooks and per-sample gradients
-    report = _report(engine, dp_optimiser.noise_multiplier, dp, delta)
+    report = _report(engine, dp_optimiser.noise_multiplier, dp, delta, spent)
     logger.info(
         "DP-SGD spent epsilon %.3f (target %g) at delta %g over %d steps",
         report.epsilon,
@@ -328,9 +317,7 @@ def _run_epochs(
     started: float,
 ) -> None:
     """The DP-SGD loop: one optimiser step per Poisson batch, each epoch logged."""
-    with warnings.catch_warnings():
-        # Opacus' backward hooks on the first layer, whose input (the data) needs no gradient.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    with opacus_advice_off():
         for epoch in range(1, epochs + 1):
             totals, seen = np.zeros(3), 0
             for x_batch, s_batch in loader:
@@ -345,37 +332,95 @@ def _run_epochs(
             log_epoch(epoch, epochs, totals / max(seen, 1), "adversary CE", started)
 
 
-def _report(engine: Any, noise_multiplier: float, dp: DPConfig, delta: float) -> DPReport:
-    """The accountant's history as a report: one (noise, sample rate, steps) entry per setting."""
-    history = engine.accountant.history
-    with _opacus_advice_off():
+def _report(
+    engine: Any, noise_multiplier: float, dp: DPConfig, delta: float, spent: Sequence[Mechanism]
+) -> DPReport:
+    """The accountant's history, after what was ``spent`` before training, as a report."""
+    training = list(engine.accountant.history)
+    engine.accountant.history = [*spent, *training]  # epsilon of everything that read the rows
+    with opacus_advice_off():
         epsilon = float(engine.get_epsilon(delta))
     return DPReport(
         epsilon=epsilon,
         delta=delta,
         noise_multiplier=float(noise_multiplier),
         max_grad_norm=dp.max_grad_norm,
-        sample_rate=float(history[0][1]),
-        steps=int(sum(entry[2] for entry in history)),
+        sample_rate=float(training[0][1]),
+        steps=int(sum(entry[2] for entry in training)),
         library=f"opacus {importlib.import_module('opacus').__version__}",
+        label_massaging=tuple(spent),
     )
 
 
-@contextmanager
-def _opacus_advice_off() -> Iterator[None]:
-    """Silence two Opacus warnings that are advice, not faults.
+def check_trainable(rows: int, config: TrainingConfig, dp: DPConfig) -> float:
+    """The delta to train for; refuses too few rows for Poisson sampling at this batch size."""
+    delta = dp.delta_for(rows)
+    if rows < MIN_BATCHES_PER_EPOCH * config.batch_size:
+        _invalid(
+            f"DP-SGD needs at least {MIN_BATCHES_PER_EPOCH} x batch size = "
+            f"{MIN_BATCHES_PER_EPOCH * config.batch_size} training rows, got {rows}; "
+            "lower --batch-size or train on more rows"
+        )
+    return delta
 
-    One asks for ``secure_mode`` (see the module docstring); the other says the best RDP order lay
-    at the end of Opacus' grid, so the bound is looser than it could be (never too small), which
-    is routine while the noise search tries extreme noise levels.
+
+def poisson_schedule(rows: int, config: TrainingConfig) -> tuple[float, int]:
+    """(sample rate, steps) of DP-SGD as Opacus runs it: rate 1 / batches, epochs x batches."""
+    batches = math.ceil(rows / config.batch_size)
+    return 1 / batches, config.epochs * batches
+
+
+def budget_too_small(dp: DPConfig, delta: float, config: TrainingConfig, rows: int) -> NoReturn:
+    """Refuse a target no noise level reaches."""
+    _invalid(
+        f"--dp-epsilon {dp.epsilon:g} at delta {delta:g} is too small for {config.epochs} "
+        f"epochs of batch {config.batch_size} on {rows} rows (no noise level reaches it); "
+        "raise --dp-epsilon or lower --epochs"
+    )
+
+
+def noise_for_budget(
+    epsilon: float, delta: float, sample_rate: float, steps: int, spent: Sequence[Mechanism]
+) -> float | None:
+    """The least noise multiplier (to 0.1%) for which ``spent`` plus this DP-SGD meet epsilon.
+
+    RDP curves of composed mechanisms add, so the search runs over the whole history, as the
+    accountant will at the end. None when even enormous noise cannot meet it (``spent`` alone
+    exceeds epsilon).
+    """
+    accountant = import_opacus().accountants.RDPAccountant()
+
+    def epsilon_at(noise: float) -> float:
+        accountant.history = [*spent, (noise, sample_rate, steps)]
+        return float(accountant.get_epsilon(delta))
+
+    low, high = 0.1, 100.0
+    with opacus_advice_off():
+        if epsilon_at(high) > epsilon:
+            return None
+        while high / low > 1.001:
+            middle = math.sqrt(low * high)
+            low, high = (middle, high) if epsilon_at(middle) > epsilon else (low, middle)
+    return high
+
+
+@contextmanager
+def opacus_advice_off() -> Iterator[None]:
+    """Silence three Opacus warnings that are advice, not faults.
+
+    One asks for ``secure_mode`` (see the module docstring); one says the best RDP order lay at
+    the end of Opacus' grid, so the bound is looser than it could be (never too small), which is
+    routine while the noise search tries extreme noise levels; one comes from Opacus' backward
+    hooks on the first layer, whose input (the data) needs no gradient.
     """
     with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         warnings.filterwarnings("ignore", message="Optimal order is the")
         yield
 
 
-def _import_opacus() -> Any:
+def import_opacus() -> Any:
     """Opacus, imported on first use: it is the optional ``dp`` extra."""
     try:
         return importlib.import_module("opacus")

@@ -11,8 +11,9 @@ import pandas as pd
 
 from fair4free.common.encoding import TableEncoder
 from fair4free.common.schema import TableSchema
-from fair4free.data_owner.dp_training import DPConfig, resolve_fair_labels, train_teacher_dp
-from fair4free.data_owner.fair_labels import FairLabels, MassagingReport, massage_labels
+from fair4free.data_owner.dp_massaging import massage_privately
+from fair4free.data_owner.dp_training import DPConfig, Mechanism, train_teacher_dp
+from fair4free.data_owner.fair_labels import FairLabels, massage_labels
 from fair4free.data_owner.holdout import SPLIT_KEY, HoldoutSplit
 from fair4free.data_owner.registry import save_teacher
 from fair4free.data_owner.teacher import TeacherConfig
@@ -39,20 +40,20 @@ def train_to_directory(
     ``split`` records which rows of the source file were held out of ``frame`` (see
     ``holdout.py``); the release check and the Evaluate RPC find the hold-out through it.
     ``dp`` trains with DP-SGD (``dp_training.py``) and records the spent budget under
-    ``privacy``; ``fair_labels`` None means massaging, or none under DP.
+    ``privacy``; ``fair_labels`` None means massaging, in its private form under DP
+    (``dp_massaging.py``), whose cost is part of the epsilon.
     """
-    fair_labels = resolve_fair_labels(fair_labels, dp)
-    massaging: MassagingReport | None = None
-    if fair_labels == "massage":
-        frame, massaging = massage_labels(frame, schema, seed=training.seed)
-        logger.info(
-            "massaged %d of %d labels: positive rates %s -> %s",
-            massaging.relabelled,
-            massaging.rows,
-            massaging.rates_before,
-            massaging.rates_after,
-        )
+    fair_labels = "massage" if fair_labels is None else fair_labels
+    massaging: dict[str, Any] | None = None
+    spent: tuple[Mechanism, ...] = ()
+    if fair_labels == "massage" and dp is None:
+        frame, report = massage_labels(frame, schema, seed=training.seed)
+        logger.info("%s", report.summary())
+        massaging = dataclasses.asdict(report)
     encoder = TableEncoder.fit(frame, schema)
+    if fair_labels == "massage" and dp is not None:
+        frame, private = massage_privately(frame, schema, encoder, training=training, dp=dp)
+        massaging, spent = private.record, private.mechanisms
     x, s = encoder.encode(frame)
     teacher_config = TeacherConfig(
         input_dim=encoder.width,
@@ -74,10 +75,11 @@ def train_to_directory(
             x, s, blocks=encoder.blocks, teacher_config=teacher_config, config=training
         )
     else:
-        model, summary, spent = train_teacher_dp(
-            x, s, blocks=encoder.blocks, teacher_config=teacher_config, config=training, dp=dp
-        )
-        privacy = {"privacy": spent.metadata()}
+        model, summary, dp_report = train_teacher_dp(
+            x, s, blocks=encoder.blocks, teacher_config=teacher_config, config=training, dp=dp,
+            spent=spent,
+        )  # fmt: skip
+        privacy = {"privacy": dp_report.metadata()}
     logger.info(
         "trained in %.0f s: reconstruction %.3f, dcor(posterior, s) %.3f",
         summary.seconds,
@@ -95,7 +97,7 @@ def train_to_directory(
         dataset_name=dataset_name,
         extra={
             "fair_labels": fair_labels,
-            "massaging": None if massaging is None else dataclasses.asdict(massaging),
+            "massaging": massaging,
             **({} if split is None else {SPLIT_KEY: split.to_metadata()}),
             **privacy,
         },

@@ -78,18 +78,26 @@ def test_the_spent_epsilon_is_within_target_and_recorded(
     rows = len(cohort.train)
     assert 0.9 * 4.0 < teacher["epsilon"] <= 4.0  # spent, near the target the noise was set for
     assert teacher["delta"] == default_delta(rows) == 1e-5  # 1 / (10 * 1200) rounded down
-    assert teacher["mechanism"] == "dp-sgd" and teacher["adjacency"] == ADJACENCY
+    assert teacher["mechanism"] == "dp-sgd and dp label massaging"
+    assert teacher["adjacency"] == ADJACENCY
     assert teacher["accountant"] == "rdp" and teacher["library"] == "opacus 1.6.0"
     assert teacher["max_grad_norm"] == 1.0
     # Poisson sampling at rate 1 / ceil(rows / batch): SMALL.epochs passes of 10 expected batches.
     assert teacher["sample_rate"] == pytest.approx(1 / 10)
     assert teacher["steps"] == SMALL.epochs * 10
-    # The recorded mechanism, re-accounted from its own numbers, gives the recorded epsilon.
+    # Every recorded mechanism, re-accounted from its own numbers, gives the recorded epsilon:
+    # the labels were massaged in private (ranker, then histogram), then DP-SGD trained.
+    ranker, histogram = teacher["label_massaging"]
+    assert (ranker["sample_rate"], ranker["steps"]) == (1 / 10, 2 * 10)
+    assert (histogram["sample_rate"], histogram["steps"]) == (1.0, 1)
     accountant = RDPAccountant()
-    accountant.history = [(teacher["noise_multiplier"], teacher["sample_rate"], teacher["steps"])]
+    accountant.history = [
+        *((m["noise_multiplier"], m["sample_rate"], m["steps"]) for m in (ranker, histogram)),
+        (teacher["noise_multiplier"], teacher["sample_rate"], teacher["steps"]),
+    ]
     assert accountant.get_epsilon(teacher["delta"]) == pytest.approx(teacher["epsilon"])
-    # Massaging reads the whole table, so under DP it is off by default.
-    assert metadata["fair_labels"] == "none" and metadata["massaging"] is None
+    assert metadata["fair_labels"] == "massage"
+    assert metadata["massaging"]["method"] == "dp-massaging"
 
 
 def test_a_teacher_trained_without_dp_records_no_privacy(teacher_dir: Path) -> None:
@@ -117,7 +125,8 @@ def test_the_served_manifest_states_the_dp_guarantee(
     with OwnerClient(config) as client:
         manifest = client.manifest()
     (guarantee,) = [g for g in manifest.privacy_guarantees if g.scope == "teacher"]
-    assert guarantee.mechanism == "dp-sgd" and guarantee.adjacency == ADJACENCY
+    assert guarantee.mechanism == "dp-sgd and dp label massaging"
+    assert guarantee.adjacency == ADJACENCY
     assert (guarantee.epsilon, guarantee.delta) == (recorded["epsilon"], recorded["delta"])
     assert "trained with dp-sgd" in manifest.privacy_statement
     assert "teacher was trained without" not in manifest.privacy_statement
@@ -201,7 +210,6 @@ def train_args(tmp_path_factory: pytest.TempPathFactory, cohort: Cohort) -> list
         (["--dp-delta", "1e-6"], "--dp-delta and --dp-max-grad-norm need --dp-epsilon"),
         (["--dp-epsilon", "0.01"], "too small for 2 epochs of batch 128 on "),
         (["--dp-epsilon", "8", "--batch-size", "512"], "at least 2 x batch size = 1024 training"),
-        (["--dp-epsilon", "8", "--fair-labels", "massage"], "cannot be combined with --dp-epsilon"),
     ],
 )
 def test_bad_dp_settings_are_one_line_errors(
@@ -213,15 +221,21 @@ def test_bad_dp_settings_are_one_line_errors(
     assert "Traceback" not in last
 
 
-def test_massaging_under_dp_is_refused_by_the_installed_command(train_args: list[str]) -> None:
+def test_the_installed_command_trains_without_massaging_when_told(
+    train_args: list[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "plain-labels"
+    args = [*train_args[: train_args.index("--out")], *train_args[train_args.index("--out") + 2 :]]
     result = subprocess.run(
-        [sys.executable, "-m", "fair4free.data_owner", *train_args, "--dp-epsilon", "8",
-         "--fair-labels", "massage"],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "fair4free.data_owner", *args, "--out", str(out),
+         "--dp-epsilon", "8", "--fair-labels", "none"],
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert result.returncode == ExitCode.BAD_INPUT, result.stderr
-    assert "Traceback" not in result.stderr
-    assert "--fair-labels massage cannot be combined" in result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 0, result.stderr
+    metadata = load_teacher(out).metadata
+    assert metadata["privacy"]["teacher"]["mechanism"] == "dp-sgd"  # DP-SGD alone spent
+    assert "label_massaging" not in metadata["privacy"]["teacher"]
+    assert metadata["fair_labels"] == "none" and metadata["massaging"] is None
 
 
 def test_dp_without_opacus_says_how_to_install_it(
