@@ -42,7 +42,8 @@ from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.consumer.distillation import DistillConfig, distill
 from fair4free.consumer.student import Student
 from fair4free.data_owner import datasets, queries
-from fair4free.data_owner.dp_training import DPConfig
+from fair4free.data_owner.dp_training import DPConfig, learning_rate_for
+from fair4free.data_owner.latent_release import LatentReleaseSettings
 from fair4free.data_owner.pki import init_pki, issue_client
 from fair4free.data_owner.policy import render_policy
 from fair4free.data_owner.registry import Teacher, load_teacher
@@ -152,7 +153,12 @@ def train_teacher(
 
     With ``dp`` it is the DP-SGD teacher of ``fair4free-owner train --dp-epsilon``.
     """
-    training = TrainingConfig(epochs=settings.epochs, fairness_weight=weight, seed=settings.seed)
+    training = TrainingConfig(
+        epochs=settings.epochs,
+        learning_rate=learning_rate_for(dp, None),
+        fairness_weight=weight,
+        seed=settings.seed,
+    )
     train_to_directory(
         train, schema, out=out, dataset_name=dataset_name, latent_dim=settings.latent_dim,
         hidden=settings.hidden, training=training, dp=dp,
@@ -207,9 +213,16 @@ def evaluate_rows(
 
 
 def two_party_student(
-    teacher_dir: Path, work: Path, settings: BenchSettings
+    teacher_dir: Path,
+    work: Path,
+    settings: BenchSettings,
+    latent_release: LatentReleaseSettings | None = None,
 ) -> tuple[Student, float]:
-    """Distil over a real daemon on loopback with mutual TLS, as the two organisations would."""
+    """Distil over a real daemon on loopback with mutual TLS, as the two organisations would.
+
+    ``latent_release`` is how the daemon answers SampleLatents (``serve --latent-release``;
+    None: posterior samples, the default).
+    """
     layout = init_pki(work / "pki")
     issue_client(layout.root, "bench")
     policy = work / "policy.toml"
@@ -217,8 +230,9 @@ def two_party_student(
         "SampleLatents": settings.distill.latent_rows, "Decode": settings.distill.decode_rows,
     }}, rate_per_minute=10_000))  # fmt: skip
     server_config = ServerConfig(
-        policy=policy, state_dir=work / "state", listen="127.0.0.1:0", seed=settings.seed
-    )
+        policy=policy, state_dir=work / "state", listen="127.0.0.1:0", seed=settings.seed,
+        latent_release=latent_release or LatentReleaseSettings(),
+    )  # fmt: skip
     daemon = build_server(
         load_teacher(teacher_dir), tls=layout.server_files(), config=server_config
     )

@@ -6,8 +6,10 @@
 For one dataset and one seeded split (the fidelity benchmark's), in one run: the real training
 rows (the sanity check: they are the worst possible leak); the default teacher's samples and the
 two-party student distilled from it; a DP-SGD teacher (``--dp-epsilon``) with its posterior
-latents, with latents from the prior (the fully DP path: nothing but DP weights is read), and
-with Gaussian-released latents at each noise multiplier of ``--latent-sigmas``. Every table is
+latents, with latents from the prior (the fully DP path: nothing but DP weights is read), the
+two-party student distilled from it served with ``--latent-release prior`` (that path as a
+consumer gets it), and with Gaussian-released latents at each noise multiplier of
+``--latent-sigmas``. Every table is
 scored by ``bench.fidelity.score_table``: fairness, utility and quality against the test split,
 privacy against the training rows with the test split as the hold-out. Each row states the
 epsilon that holds for it (teacher weights; latent release after as many rows as the table has).
@@ -48,6 +50,7 @@ from fair4free.data_owner.dp_training import DPConfig
 from fair4free.data_owner.latent_release import (
     DEFAULT_DELTA,
     GaussianLatentSettings,
+    LatentReleaseSettings,
     released_latents,
 )
 from fair4free.data_owner.privacy_statement import teacher_guarantee
@@ -130,6 +133,14 @@ def run(
         score(f"{label}, prior latents", "dp-teacher-prior",
               functools.partial(_prior_rows, private, len(train)),
               {"train": dp_seconds}, **spent, latent_release=0.0)  # fmt: skip
+        (work / "dp-student").mkdir()
+        dp_student, dp_distill_seconds = two_party_student(
+            dp_dir, work / "dp-student", settings, LatentReleaseSettings(mode="prior")
+        )
+        score(f"two-party student of the {label}, prior latents", "dp-student-prior",
+              functools.partial(_student_rows, dp_student, len(train)),
+              {"train": dp_seconds, "distill": dp_distill_seconds},
+              **spent, latent_release=0.0)  # fmt: skip
         for sigma in extra.latent_sigmas:
             gaussian = GaussianLatentSettings(
                 noise_multiplier=sigma,

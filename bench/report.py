@@ -217,6 +217,19 @@ def _epsilon_cell(row: dict[str, Any], scope: str) -> str:
     return "none" if value is None else f"{value:.2f}"
 
 
+def _massaging_clause(dp: dict[str, Any]) -> str:
+    """How the DP teacher's labels were massaged in private, when they were."""
+    mechanisms = dp.get("label_massaging")
+    if not mechanisms:
+        return "; labels not massaged"
+    ranker, histogram = mechanisms
+    return (
+        f"; labels massaged in private (logistic ranker: noise multiplier "
+        f"{ranker['noise_multiplier']:.2f}, {ranker['steps']} steps; counts: noise std "
+        f"{histogram['noise_multiplier']:.1f}), composed into the teacher's epsilon"
+    )
+
+
 def _privacy_bench_section(document: dict[str, Any]) -> list[str]:
     """One ``bench.privacy`` results file: epsilon, quality and privacy of each way of serving."""
     settings, dp, provenance = document["settings"], document["dp_teacher"], document["provenance"]
@@ -228,7 +241,8 @@ def _privacy_bench_section(document: dict[str, Any]) -> list[str]:
         "rows serving as the privacy hold-out), teacher settings and scoring (mean over "
         f"{settings['scoring_seeds']} seeds). DP teacher: DP-SGD via Opacus, noise multiplier "
         f"{dp['noise_multiplier']:.3f}, clip {dp['max_grad_norm']:g}, sampling rate "
-        f"{dp['sample_rate']:.4f}, {dp['steps']} steps, delta {dp['delta']:g}, {dp['adjacency']}. "
+        f"{dp['sample_rate']:.4f}, {dp['steps']} steps, delta {dp['delta']:g}, {dp['adjacency']}"
+        f"{_massaging_clause(dp)}. "
         "Latent release epsilon: after releasing as many rows as the table has (replace-one "
         f"adjacency, delta {document['privacy_settings']['latent_delta']:g}); 'none': "
         "no formal guarantee. Produced by commit "

@@ -32,7 +32,7 @@ from fair4free.data_owner.cli_release import (
     add_release_gate_option,
     check_release_gate,
 )
-from fair4free.data_owner.dp_training import dp_config
+from fair4free.data_owner.dp_training import DP_LEARNING_RATE, dp_config, learning_rate_for
 from fair4free.data_owner.holdout import DEFAULT_HOLDOUT_FRACTION, draw_split
 from fair4free.data_owner.ledger import Ledger
 from fair4free.data_owner.policy import render_policy, starting_budgets
@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fairness-weight", type=float, default=TrainingConfig.fairness_weight)
     train.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
     train.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
+    train.add_argument(
+        "--learning-rate",
+        type=float,
+        help=f"Adam's step (default {TrainingConfig.learning_rate:g}; {DP_LEARNING_RATE:g} in DP)",
+    )
     train.add_argument("--kl-weight", type=float, default=TrainingConfig.kl_weight)
     train.add_argument(
         "--fair-labels",
@@ -265,9 +270,11 @@ def _train(args: argparse.Namespace) -> int:
         positive_class=args.positive_class,
         missing_token=dataset.missing_token,
     )
+    dp = dp_config(args.dp_epsilon, delta=args.dp_delta, max_grad_norm=args.dp_max_grad_norm)
     training = TrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
+        learning_rate=learning_rate_for(dp, args.learning_rate),
         fairness_weight=args.fairness_weight,
         kl_weight=args.kl_weight,
         seed=args.seed,
@@ -290,7 +297,7 @@ def _train(args: argparse.Namespace) -> int:
         training=training,
         fair_labels=args.fair_labels,
         split=split,
-        dp=dp_config(args.dp_epsilon, delta=args.dp_delta, max_grad_norm=args.dp_max_grad_norm),
+        dp=dp,
     )
     kept = "no hold-out" if split is None else f"{len(holdout)} rows held out"
     print(f"saved teacher to {args.out} (content hash {content_hash[:12]}; {kept})")

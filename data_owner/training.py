@@ -8,6 +8,7 @@ carries s (measured on the cohort: dcor(mu, s) rose from 0.07 to 0.27 at weight 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fair4free.common.encoding import Block
+from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.common.fairness_loss import distance_correlation, one_hot_sensitive
 from fair4free.common.tabular_heads import reconstruction_loss
 from fair4free.data_owner.teacher import FairVAE, TeacherConfig, kl_to_standard_normal
@@ -39,10 +41,19 @@ class TrainingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 8 or self.learning_rate <= 0:
-            raise ValueError(f"invalid training settings: {self}")
-        if self.fairness_weight < 0 or self.kl_weight < 0:
-            raise ValueError("fairness_weight and kl_weight must be non-negative")
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 8:
+            problems.append(f"--batch-size must be at least 8, got {self.batch_size}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            problems.append(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        for flag, weight in (("--fairness-weight", self.fairness_weight),
+                             ("--kl-weight", self.kl_weight)):  # fmt: skip
+            if not (math.isfinite(weight) and weight >= 0):
+                problems.append(f"{flag} must be a number of at least 0, got {weight}")
+        if problems:
+            raise Fair4FreeError(ErrorCode.CONFIG_INVALID, "; ".join(problems))
 
 
 @dataclass(frozen=True, kw_only=True)

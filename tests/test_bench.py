@@ -117,3 +117,32 @@ def _minimal_fidelity() -> dict[str, object]:
                                                 "bandwidth": 0.1, "decoder_steps": 30}},
         "provenance": {"commit": "c", "utc": "t", "machine": "m", "torch": "x"},
     }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_privacy_benchmark_scores_every_way_of_serving_and_states_each_epsilon(
+    tmp_path: Path,
+) -> None:
+    command = [
+        *_tiny("bench.privacy", "--dataset", "cohort"), "--cohort-rows", "3000",
+        "--steps", "30", "--scoring-seeds", "1", "--latent-sigmas", "2", "--out", str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "privacy-cohort.json").read_text())
+    rows = {row["method"]: row for row in document["rows"]}
+    assert list(rows) == [
+        "real", "teacher", "student", "dp-teacher", "dp-teacher-prior", "dp-student-prior",
+        "dp-teacher-gaussian",
+    ]  # fmt: skip
+    dp = document["dp_teacher"]
+    assert dp["mechanism"] == "dp-sgd and dp label massaging" and dp["epsilon"] <= 8.0
+    for method in ("dp-teacher", "dp-teacher-prior", "dp-student-prior", "dp-teacher-gaussian"):
+        assert rows[method]["epsilon"]["teacher"] == dp["epsilon"]
+    assert rows["dp-student-prior"]["epsilon"]["latent_release"] == 0.0  # prior reads no record
+    assert rows["dp-teacher-gaussian"]["epsilon"]["latent_release"] > 0
+    assert rows["real"]["report"]["exact_copy_share"] == 1.0
+    assert rows["dp-student-prior"]["report"]["exact_copy_share"] < 0.5
+    page = render_page(tmp_path, tmp_path / "results.md").read_text()
+    assert "## Privacy: cohort" in page and "labels massaged in private" in page
+    assert f"| {rows['dp-student-prior']['name']} | {dp['epsilon']:.2f} |" in page

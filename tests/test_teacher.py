@@ -7,6 +7,7 @@ import torch
 
 from conftest import Cohort
 from fair4free.common.encoding import TableEncoder
+from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.data_owner.teacher import TeacherConfig
 from fair4free.data_owner.training import TrainingConfig, TrainingSummary, train_teacher
 
@@ -44,9 +45,20 @@ def test_fairness_weight_lowers_latent_dependence_on_s(cohort: Cohort) -> None:
 
 
 @pytest.mark.parametrize(
-    "settings",
-    [{"epochs": 0}, {"batch_size": 4}, {"learning_rate": 0.0}, {"fairness_weight": -1.0}],
+    ("settings", "message"),
+    [
+        ({"epochs": 0}, "--epochs must be at least 1, got 0"),
+        ({"batch_size": 4}, "--batch-size must be at least 8, got 4"),
+        ({"learning_rate": 0.0}, "--learning-rate must be a positive number, got 0.0"),
+        ({"learning_rate": float("nan")}, "--learning-rate must be a positive number, got nan"),
+        ({"fairness_weight": -1.0}, "--fairness-weight must be a number of at least 0, got -1.0"),
+        ({"kl_weight": float("inf")}, "--kl-weight must be a number of at least 0, got inf"),
+    ],
 )
-def test_invalid_training_settings_are_refused(settings: dict[str, float]) -> None:
-    with pytest.raises(ValueError, match="invalid training settings|must be non-negative"):
+def test_invalid_training_settings_are_refused_naming_the_flag(
+    settings: dict[str, float], message: str
+) -> None:
+    with pytest.raises(Fair4FreeError) as caught:
         TrainingConfig(**settings)  # type: ignore[arg-type]
+    assert caught.value.code is ErrorCode.CONFIG_INVALID
+    assert caught.value.detail == message
