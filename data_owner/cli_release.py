@@ -14,6 +14,7 @@ from fair4free.common.privacy_cli import format_privacy_table
 from fair4free.common.secure_files import PUBLIC_MODE, write_new_files
 from fair4free.data_owner.registry import Teacher, load_teacher
 from fair4free.data_owner.release_check import (
+    CHECKED_MODES,
     DEFAULT_CHECK_MAX_ROWS,
     RELEASE_CHECK_FILE,
     check_writable,
@@ -45,6 +46,12 @@ def add_release_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         default=DEFAULT_CHECK_MAX_ROWS,
         help="most synthetic and hold-out rows scored (bounds the time)",
     )
+    check.add_argument(
+        "--latent-release",
+        choices=CHECKED_MODES,
+        default="posterior",
+        help="score rows from these latents (posterior, the default, covers serving any mode)",
+    )
     check.add_argument("--gate", type=Path, help="also judge by this gate; exit 6 when it fails")
     check.set_defaults(handler=_release_check)
 
@@ -67,7 +74,7 @@ def add_release_gate_option(serve: argparse.ArgumentParser) -> None:
 def check_release_gate(args: argparse.Namespace, teacher: Teacher) -> None:
     """What ``serve`` runs before building the server; nothing without ``--release-gate``."""
     if args.release_gate is not None:
-        enforce_release_gate(args.release_gate, args.model, teacher)
+        enforce_release_gate(args.release_gate, args.model, teacher, args.latent_release)
 
 
 def _release_check(args: argparse.Namespace) -> int:
@@ -81,15 +88,17 @@ def _release_check(args: argparse.Namespace) -> int:
         rows=args.rows,
         seed=args.seed,
         max_rows=args.max_rows,
+        latent_mode=args.latent_release,
     )
     verdict = None
     if gate is not None:
         check, verdict = with_verdict(check, gate)
     document = check.document
     print(  # noqa: T201
-        f"release check of {teacher.model_id}: {document['rows']} synthetic rows (posterior "
-        f"latents, seed {document['seed']}) against {document['data']['train_rows']} training "
-        f"and {document['data']['holdout_rows']} hold-out rows, {document['seconds']} s"
+        f"release check of {teacher.model_id}: {document['rows']} synthetic rows "
+        f"({document['latent_mode']} latents, seed {document['seed']}) against "
+        f"{document['data']['train_rows']} training and {document['data']['holdout_rows']} "
+        f"hold-out rows, {document['seconds']} s"
     )
     print(format_privacy_table(check.report))  # noqa: T201
     kept = write_release_check(args.model, document)

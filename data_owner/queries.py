@@ -111,10 +111,20 @@ def decode_rows(
     return teacher.encoder.decode(outputs, sensitive, rng=rng)
 
 
-def sample_rows(teacher: Teacher, rows: int, rng: np.random.Generator) -> pd.DataFrame:
-    """The teacher's own synthetic rows: served posterior latents, decoded as a consumer would.
+def sample_rows(
+    teacher: Teacher, rows: int, rng: np.random.Generator, latent_mode: LatentMode = "posterior"
+) -> pd.DataFrame:
+    """The teacher's own synthetic rows: served latents, decoded as a consumer would.
 
     The owner scores these before release (``release-check``): they are the best a consumer can
     make from this model's answers, so their privacy bounds what distillation can leak.
+    ``posterior`` latents are those ``serve`` answers by default; ``prior`` ones, N(0, I) draws,
+    are what ``--latent-release prior`` answers (they read no record).
     """
-    return decode_rows(teacher, sample_latents(teacher, rows, rng), rng)
+    if latent_mode == "prior":
+        latents = rng.standard_normal((rows, teacher.model.config.latent_dim)).astype(np.float32)
+    elif latent_mode == "posterior":
+        latents = sample_latents(teacher, rows, rng)
+    else:
+        raise ValueError(f"no rows are sampled for latent mode {latent_mode!r}")
+    return decode_rows(teacher, latents, rng)

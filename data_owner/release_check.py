@@ -12,7 +12,10 @@ check replaces the file atomically, and the one it replaces is kept as
 ``release_check.previous.json`` (one generation), so a re-run never silently loses a result.
 The file is no signature: whoever can write the model directory can write it (and the model).
 
-``enforce_release_gate`` is what ``serve --release-gate`` runs before the server starts.
+``enforce_release_gate`` is what ``serve --release-gate`` runs before the server starts. A check
+scores the rows of one latent mode (``--latent-release``): a check of posterior latents, the most
+revealing answers, covers serving in any mode; a check of prior latents covers only serving prior
+latents, so the gate refuses to let it stand for posterior or Gaussian answers.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -34,6 +37,7 @@ from fair4free.common.privacy import PrivacyConfig, PrivacyReport, evaluate_priv
 from fair4free.common.secure_files import PUBLIC_MODE, replace_file
 from fair4free.data_owner import queries
 from fair4free.data_owner.holdout import load_split, recorded_split
+from fair4free.data_owner.privacy_statement import LatentMode
 from fair4free.data_owner.registry import Teacher
 from fair4free.data_owner.release_gate import GateVerdict, ReleaseGate, judge, parse_gate
 
@@ -43,6 +47,9 @@ RELEASE_CHECK_FILE: Final = "release_check.json"
 PREVIOUS_CHECK_FILE: Final = "release_check.previous.json"
 CHECK_KIND: Final = "fair4free-release-check"
 CHECK_FORMAT_VERSION: Final = 1
+CheckedMode = Literal["posterior", "prior"]
+CHECKED_MODES: Final[tuple[CheckedMode, ...]] = ("posterior", "prior")
+"""Latent modes a check can score; Gaussian release is covered by a check of posterior latents."""
 DEFAULT_CHECK_MAX_ROWS: Final = 20_000
 """Most synthetic and hold-out rows scored: distances cost their product (20k x 20k: seconds)."""
 
@@ -63,6 +70,7 @@ def run_release_check(
     rows: int | None = None,
     seed: int = 0,
     max_rows: int = DEFAULT_CHECK_MAX_ROWS,
+    latent_mode: CheckedMode = "posterior",
 ) -> ReleaseCheck:
     """Score ``rows`` of the teacher's own samples (default: as many as the hold-out holds).
 
@@ -78,7 +86,7 @@ def run_release_check(
     config = PrivacyConfig(seed=seed, max_rows=max_rows)
     schema = teacher.encoder.schema
     started = time.monotonic()
-    synthetic = queries.sample_rows(teacher, n_rows, np.random.default_rng(seed))
+    synthetic = queries.sample_rows(teacher, n_rows, np.random.default_rng(seed), latent_mode)
     report = evaluate_privacy(
         synthetic, train, holdout, sensitive=schema.sensitive, target=schema.target, config=config
     )
@@ -90,7 +98,7 @@ def run_release_check(
         "model_content_hash": teacher.content_hash,
         "checked_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "packages": package_versions(),
-        "latent_mode": "posterior",
+        "latent_mode": latent_mode,
         "rows": n_rows,
         "seed": seed,
         "settings": asdict(config),
@@ -196,16 +204,27 @@ def load_gate(path: Path) -> ReleaseGate:
     return parse_gate(data, source=str(path))
 
 
-def enforce_release_gate(gate_path: Path, model_dir: Path, teacher: Teacher) -> GateVerdict:
+def enforce_release_gate(
+    gate_path: Path, model_dir: Path, teacher: Teacher, serving: LatentMode = "posterior"
+) -> GateVerdict:
     """Judge the model's stored check by the gate; refuse unless it passes every bound.
 
     The gate is read now, not taken from the check, so tightening it needs no new check.
+    ``serving`` is the daemon's latent mode, which the check must cover (module docstring).
 
-    :raises Fair4FreeError: RELEASE_GATE_FAILED with every failing bound on one line, or as
-        ``load_gate`` and ``read_release_check``.
+    :raises Fair4FreeError: RELEASE_GATE_FAILED with every failing bound on one line, or when
+        the check scored less revealing latents than those served; or as ``load_gate`` and
+        ``read_release_check``.
     """
     gate = load_gate(gate_path)
     document = read_release_check(model_dir, teacher)
+    checked_mode = document.get("latent_mode", "posterior")
+    if checked_mode not in ("posterior", serving):
+        raise _refused(
+            f"the release check of model {teacher.model_id} scored {checked_mode} latents, "
+            f"which do not cover serving {serving} latents; run 'fair4free-owner release-check "
+            f"--latent-release posterior' (it covers every mode)"
+        )
     verdict = judge(gate, document["metrics"])
     if not verdict.passed:
         raise gate_failed(teacher, verdict, checked=str(document.get("checked_utc")))

@@ -21,6 +21,7 @@ from fair4free.data_owner.release_check import (
     CHECK_KIND,
     PREVIOUS_CHECK_FILE,
     RELEASE_CHECK_FILE,
+    enforce_release_gate,
     read_release_check,
 )
 from fair4free.data_owner.release_gate import ISSUE_BAR, judge, parse_gate, render_gate
@@ -284,3 +285,28 @@ def test_serve_starts_with_a_passing_check_and_logs_it(
     assert process.wait(timeout=30) == 0
     log = (tmp_path / "daemon.log").read_text()
     assert f"release gate {gate} passed" in log and "max_exact_copy_share" in log
+
+
+def test_a_check_of_prior_latents_covers_only_serving_prior_latents(
+    models: dict[str, Path], data_csv: Path, tmp_path: Path, pki_dir: PkiLayout,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    model = tmp_path / "model"
+    shutil.copytree(models["unchecked"], model)
+    argv = ["release-check", "--model", str(model), "--data", str(data_csv),
+            "--latent-release", "prior"]  # fmt: skip
+    assert main(argv) == 0
+    assert "(prior latents, seed 0)" in capsys.readouterr().out
+    teacher = load_teacher(model)
+    assert read_release_check(model, teacher)["latent_mode"] == "prior"
+    gate = gate_file(tmp_path, PASSING_GATE)
+    assert enforce_release_gate(gate, model, teacher, "prior").passed
+    for serving in ("posterior", "gaussian"):
+        with pytest.raises(Fair4FreeError) as refused:
+            enforce_release_gate(gate, model, teacher, serving)
+        assert refused.value.code is ErrorCode.RELEASE_GATE_FAILED
+        assert f"scored prior latents, which do not cover serving {serving}" in str(refused.value)
+    # The command line refuses the same way, before any server is built.
+    assert serve(model, pki_dir, tmp_path, gate) == ExitCode.REFUSED
+    assert "--latent-release posterior' (it covers every mode)" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()  # refused before the daemon made any state
