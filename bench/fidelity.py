@@ -42,7 +42,7 @@ from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.consumer.distillation import DistillConfig, distill
 from fair4free.consumer.student import Student
 from fair4free.data_owner import datasets, queries
-from fair4free.data_owner.dp_training import DPConfig, learning_rate_for
+from fair4free.data_owner.dp_training import DPConfig, default_for
 from fair4free.data_owner.latent_release import LatentReleaseSettings
 from fair4free.data_owner.pki import init_pki, issue_client
 from fair4free.data_owner.policy import render_policy
@@ -155,7 +155,8 @@ def train_teacher(
     """
     training = TrainingConfig(
         epochs=settings.epochs,
-        learning_rate=learning_rate_for(dp, None),
+        learning_rate=default_for("learning_rate", dp, None),
+        kl_weight=default_for("kl_weight", dp, None),
         fairness_weight=weight,
         seed=settings.seed,
     )

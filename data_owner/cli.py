@@ -32,7 +32,7 @@ from fair4free.data_owner.cli_release import (
     add_release_gate_option,
     check_release_gate,
 )
-from fair4free.data_owner.dp_training import DP_LEARNING_RATE, dp_config, learning_rate_for
+from fair4free.data_owner.dp_training import DP_DEFAULTS, default_for, dp_config
 from fair4free.data_owner.holdout import DEFAULT_HOLDOUT_FRACTION, draw_split
 from fair4free.data_owner.ledger import Ledger
 from fair4free.data_owner.policy import render_policy, starting_budgets
@@ -82,12 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fairness-weight", type=float, default=TrainingConfig.fairness_weight)
     train.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
     train.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
-    train.add_argument(
-        "--learning-rate",
-        type=float,
-        help=f"Adam's step (default {TrainingConfig.learning_rate:g}; {DP_LEARNING_RATE:g} in DP)",
-    )
-    train.add_argument("--kl-weight", type=float, default=TrainingConfig.kl_weight)
+    train.add_argument("--learning-rate", type=float,
+                       help=f"Adam's step (default {TrainingConfig.learning_rate:g}; "
+                            f"{DP_DEFAULTS['learning_rate']:g} with --dp-epsilon)")  # fmt: skip
+    train.add_argument("--kl-weight", type=float,
+                       help=f"weight of the KL term (default {TrainingConfig.kl_weight:g}; "
+                            f"{DP_DEFAULTS['kl_weight']:g} with --dp-epsilon)")  # fmt: skip
     train.add_argument(
         "--fair-labels",
         choices=["massage", "none"],
@@ -274,9 +274,9 @@ def _train(args: argparse.Namespace) -> int:
     training = TrainingConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
-        learning_rate=learning_rate_for(dp, args.learning_rate),
+        learning_rate=default_for("learning_rate", dp, args.learning_rate),
         fairness_weight=args.fairness_weight,
-        kl_weight=args.kl_weight,
+        kl_weight=default_for("kl_weight", dp, args.kl_weight),
         seed=args.seed,
     )
     frame, holdout, split = draw_split(

@@ -25,7 +25,7 @@ from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.data_owner.cli import main as owner_main
 from fair4free.data_owner.dp_training import (
     ADJACENCY,
-    DP_LEARNING_RATE,
+    DP_DEFAULTS,
     AdversarialFairVAE,
     DPConfig,
     default_delta,
@@ -237,8 +237,9 @@ def test_the_installed_command_trains_without_massaging_when_told(
     assert metadata["privacy"]["teacher"]["mechanism"] == "dp-sgd"  # DP-SGD alone spent
     assert "label_massaging" not in metadata["privacy"]["teacher"]
     assert metadata["fair_labels"] == "none" and metadata["massaging"] is None
-    # Without --learning-rate, DP-SGD takes its own default, larger than the plain one.
-    assert metadata["training_config"]["learning_rate"] == DP_LEARNING_RATE > 1e-3
+    # Without --learning-rate and --kl-weight, DP-SGD takes its own defaults.
+    assert metadata["training_config"]["learning_rate"] == DP_DEFAULTS["learning_rate"] > 1e-3
+    assert metadata["training_config"]["kl_weight"] == DP_DEFAULTS["kl_weight"] > 0.1
 
 
 def test_dp_without_opacus_says_how_to_install_it(
