@@ -175,6 +175,7 @@ PRIVACY_KEYS = (
     "dcr_ratio",
     "closer_to_train_share",
     "exact_copy_share",
+    "holdout_copy_share",  # the baseline of exact copies: hold-out rows that repeat a training row
     "mia_auc",
     "mia_tpr_at_1pct_fpr",
 )

@@ -24,7 +24,8 @@ COLUMNS = (
 
 PRIVACY_COLUMNS = (
     ("DCR ratio", "dcr_ratio"), ("closer to train", "closer_to_train_share"),
-    ("exact copies", "exact_copy_share"), ("MIA AUC", "mia_auc"),
+    ("exact copies", "exact_copy_share"), ("hold-out copies", "holdout_copy_share"),
+    ("MIA AUC", "mia_auc"),
     ("MIA AUC worst group", "mia_auc_worst_group"), ("TPR@1%FPR", "mia_tpr_at_1pct_fpr"),
 )  # fmt: skip
 PRIVACY_BAR = (
@@ -106,7 +107,10 @@ def _privacy_table(document: dict[str, Any]) -> list[str]:
         "Privacy of the same tables against the training rows, the test split serving as the "
         "hold-out (`common/privacy.py`; at most "
         f"{document['settings']['max_quality_rows']} rows of each side). Bar: {PRIVACY_BAR}. "
-        "The real training rows are the sanity check: they are the training rows.",
+        "The real training rows are the sanity check: they are the training rows. Hold-out "
+        "copies: the share of hold-out rows that repeat a training row exactly, the baseline "
+        "for exact copies; where it is 0.5 or more, the hold-out's median distance is 0 and the "
+        "DCR ratio is undefined (n/a).",
         "",
         "| rows | " + " | ".join(name for name, _ in PRIVACY_COLUMNS) + " |",
         "|" + "---|" * (len(PRIVACY_COLUMNS) + 1),
