@@ -13,9 +13,9 @@ training; the number of changed labels is recorded with the model. Under DP-SGD 
 the rates must themselves be private: ``dp_massaging.py``.
 
 Massaging the generated rows instead, after a DP teacher, was measured and does not work: on
-Adult at epsilon 8 it moved the real-test DPR of prior rows from 0.50-0.55 to 0.61-0.69, because
-the DP decoder does not reproduce the link between s and its proxies, so relabelled synthetic
-rows teach a classifier nothing about the real proxies it will meet.
+Adult at epsilon 8 it moved the real-test DPR of prior rows from 0.50-0.55 to 0.61-0.69 (our
+reading, not measured: the DP decoder barely reproduces the link between s and its proxies, so
+relabelled synthetic rows teach a classifier little about the real proxies it will meet).
 """
 
 from __future__ import annotations
