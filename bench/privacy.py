@@ -9,7 +9,9 @@ two-party student distilled from it; a DP-SGD teacher (``--dp-epsilon``) with it
 latents, with latents from the prior (the fully DP path: nothing but DP weights is read), the
 two-party student distilled from it served with ``--latent-release prior`` (that path as a
 consumer gets it), and with Gaussian-released latents at each noise multiplier of
-``--latent-sigmas``. Every table is
+``--latent-sigmas``. ``--dp-trainings N`` trains N-1 more DP teachers with the same settings and
+scores their posterior and prior rows: DP noise is drawn afresh for every training, and one
+training can differ from the next by more than the sampling seed moves a score. Every table is
 scored by ``bench.fidelity.score_table``: fairness, utility and quality against the test split,
 privacy against the training rows with the test split as the hold-out. Each row states the
 epsilon that holds for it (teacher weights; latent release after as many rows as the table has).
@@ -70,6 +72,7 @@ class PrivacyBenchSettings:
     latent_sigmas: tuple[float, ...] = DEFAULT_SIGMAS
     latent_epsilon_limit: float = 1000.0
     latent_delta: float = DEFAULT_DELTA
+    dp_trainings: int = 1  # DP teachers trained (fresh noise each); extra ones score two rows
 
 
 def _prior_rows(teacher: Teacher, rows: int, seed: int) -> pd.DataFrame:
@@ -119,20 +122,29 @@ def run(
               {"train": plain_seconds, "distill": distill_seconds})  # fmt: skip
 
         dp = DPConfig(epsilon=extra.dp_epsilon)
-        _, dp_seconds = timed(functools.partial(
-            train_teacher, train, schema, dataset.name, settings, weight=weight, out=dp_dir, dp=dp
-        ))  # fmt: skip
-        private = load_teacher(dp_dir)
-        guarantee = teacher_guarantee(private.metadata)
-        assert guarantee is not None  # the DP teacher records what it spent
-        label = f"DP teacher (epsilon {guarantee.epsilon:.2f})"
-        spent = {"teacher": guarantee.epsilon}
-        score(f"{label}, posterior latents", "dp-teacher",
-              functools.partial(teacher_samples, private, len(train)),
-              {"train": dp_seconds}, **spent)  # fmt: skip
-        score(f"{label}, prior latents", "dp-teacher-prior",
-              functools.partial(_prior_rows, private, len(train)),
-              {"train": dp_seconds}, **spent, latent_release=0.0)  # fmt: skip
+
+        def dp_teacher(run: int) -> tuple[Teacher, Path, float, str, dict[str, float]]:
+            """Train DP teacher ``run`` (fresh noise) and score its posterior and prior rows."""
+            out = work / f"teacher-dp-{run}"
+            _, seconds = timed(functools.partial(
+                train_teacher, train, schema, dataset.name, settings, weight=weight, out=out, dp=dp
+            ))  # fmt: skip
+            teacher = load_teacher(out)
+            guarantee = teacher_guarantee(teacher.metadata)
+            assert guarantee is not None  # the DP teacher records what it spent
+            which = "" if run == 1 else f" #{run}"
+            label = f"DP teacher{which} (epsilon {guarantee.epsilon:.2f})"
+            suffix = "" if run == 1 else "-rerun"
+            spent = {"teacher": guarantee.epsilon}
+            score(f"{label}, posterior latents", f"dp-teacher{suffix}",
+                  functools.partial(teacher_samples, teacher, len(train)),
+                  {"train": seconds}, **spent)  # fmt: skip
+            score(f"{label}, prior latents", f"dp-teacher-prior{suffix}",
+                  functools.partial(_prior_rows, teacher, len(train)),
+                  {"train": seconds}, **spent, latent_release=0.0)  # fmt: skip
+            return teacher, out, seconds, label, spent
+
+        private, dp_dir, dp_seconds, label, spent = dp_teacher(1)
         (work / "dp-student").mkdir()
         dp_student, dp_distill_seconds = two_party_student(
             dp_dir, work / "dp-student", settings, LatentReleaseSettings(mode="prior")
@@ -154,6 +166,8 @@ def run(
                   functools.partial(_gaussian_rows, private, gaussian, len(train)),
                   {"train": dp_seconds}, **spent, latent_release=release_epsilon)  # fmt: skip
         dp_metadata = private.metadata["privacy"]["teacher"]
+        for run in range(2, extra.dp_trainings + 1):  # how much one DP training differs
+            dp_teacher(run)
 
     return {
         "benchmark": "privacy",
@@ -176,6 +190,13 @@ def _student_rows(student: Any, rows: int, seed: int) -> pd.DataFrame:
     return frame
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command line of the privacy benchmark."""
     parser = argparse.ArgumentParser(
@@ -192,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cohort-rows", type=int, default=6000)
     parser.add_argument("--scoring-seeds", type=int, default=BenchSettings.scoring_seeds)
     parser.add_argument("--dp-epsilon", type=float, default=PrivacyBenchSettings.dp_epsilon)
+    parser.add_argument("--dp-trainings", type=_positive_int, default=1,
+                        help="DP teachers to train, to show how much one training differs from "
+                             "the next (each extra one adds posterior and prior rows)")  # fmt: skip
     parser.add_argument(
         "--latent-sigmas",
         default=",".join(f"{s:g}" for s in DEFAULT_SIGMAS),
@@ -216,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = PrivacyBenchSettings(
             dp_epsilon=args.dp_epsilon,
             latent_sigmas=tuple(float(s) for s in args.latent_sigmas.split(",") if s.strip()),
+            dp_trainings=args.dp_trainings,
         )
         document = run(settings, extra, args.data_home, args.cohort_rows)
         args.out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ names the commit, seeds, split and settings that produced it.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,21 @@ def _privacy_bench_section(document: dict[str, Any]) -> list[str]:
             if method in by_method
         )
         lines += ["", f"Accuracy of the DP teacher's rows minus the default teacher's: {drops}."]
-    return lines + [""]
+    return lines + _dp_trainings_line(document["rows"]) + [""]
+
+
+def _dp_trainings_line(rows: list[dict[str, Any]]) -> list[str]:
+    """DPR of every DP training's posterior and prior rows, when more than one was trained."""
+    spread = []
+    for what, method in (("posterior", "dp-teacher"), ("prior", "dp-teacher-prior")):
+        dprs = [r["report"]["dpr"] for r in rows if r["method"] in (method, f"{method}-rerun")]
+        if len(dprs) > 1:
+            listed = ", ".join(f"{dpr:.3f}" for dpr in dprs)
+            spread.append(f"{what} rows {listed} (mean {statistics.mean(dprs):.3f})")
+    if not spread:
+        return []
+    return ["", "DPR of each DP training (fresh noise each, same settings): " + "; ".join(spread)
+            + "."]  # fmt: skip
 
 
 def render_page(results_dir: Path = RESULTS_DIR, page: Path = PAGE) -> Path:

@@ -125,7 +125,8 @@ def test_privacy_benchmark_scores_every_way_of_serving_and_states_each_epsilon(
 ) -> None:
     command = [
         *_tiny("bench.privacy", "--dataset", "cohort"), "--cohort-rows", "3000",
-        "--steps", "30", "--scoring-seeds", "1", "--latent-sigmas", "2", "--out", str(tmp_path),
+        "--steps", "30", "--scoring-seeds", "1", "--latent-sigmas", "2", "--dp-trainings", "2",
+        "--out", str(tmp_path),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr
@@ -133,8 +134,9 @@ def test_privacy_benchmark_scores_every_way_of_serving_and_states_each_epsilon(
     rows = {row["method"]: row for row in document["rows"]}
     assert list(rows) == [
         "real", "teacher", "student", "dp-teacher", "dp-teacher-prior", "dp-student-prior",
-        "dp-teacher-gaussian",
+        "dp-teacher-gaussian", "dp-teacher-rerun", "dp-teacher-prior-rerun",
     ]  # fmt: skip
+    assert rows["dp-teacher-rerun"]["name"].startswith("DP teacher #2 (epsilon")
     dp = document["dp_teacher"]
     assert dp["mechanism"] == "dp-sgd and dp label massaging" and dp["epsilon"] <= 8.0
     for method in ("dp-teacher", "dp-teacher-prior", "dp-student-prior", "dp-teacher-gaussian"):
@@ -146,3 +148,5 @@ def test_privacy_benchmark_scores_every_way_of_serving_and_states_each_epsilon(
     page = render_page(tmp_path, tmp_path / "results.md").read_text()
     assert "## Privacy: cohort" in page and "labels massaged in private" in page
     assert f"| {rows['dp-student-prior']['name']} | {dp['epsilon']:.2f} |" in page
+    reruns = rows["dp-teacher"]["report"]["dpr"], rows["dp-teacher-rerun"]["report"]["dpr"]
+    assert f"posterior rows {reruns[0]:.3f}, {reruns[1]:.3f} (mean " in page
