@@ -46,6 +46,7 @@ from fair4free.data_owner.dp_training import DPConfig, default_for
 from fair4free.data_owner.latent_release import LatentReleaseSettings
 from fair4free.data_owner.pki import init_pki, issue_client
 from fair4free.data_owner.policy import render_policy
+from fair4free.data_owner.privacy_statement import LatentMode
 from fair4free.data_owner.registry import Teacher, load_teacher
 from fair4free.data_owner.server import ServerConfig, build_server
 from fair4free.data_owner.train_pipeline import train_to_directory
@@ -166,9 +167,11 @@ def train_teacher(
     )  # fmt: skip
 
 
-def teacher_samples(teacher: Teacher, rows: int, seed: int) -> pd.DataFrame:
+def teacher_samples(
+    teacher: Teacher, rows: int, seed: int, latent_mode: LatentMode = "posterior"
+) -> pd.DataFrame:
     """The teacher's own decoded samples, as the owner could make them (no distillation)."""
-    return queries.sample_rows(teacher, rows, np.random.default_rng(seed))
+    return queries.sample_rows(teacher, rows, np.random.default_rng(seed), latent_mode)
 
 
 PRIVACY_KEYS = (

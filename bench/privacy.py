@@ -75,12 +75,6 @@ class PrivacyBenchSettings:
     dp_trainings: int = 1  # DP teachers trained (fresh noise each); extra ones score two rows
 
 
-def _prior_rows(teacher: Teacher, rows: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    latents = rng.standard_normal((rows, teacher.model.config.latent_dim)).astype(np.float32)
-    return queries.decode_rows(teacher, latents, rng)
-
-
 def _gaussian_rows(
     teacher: Teacher, settings: GaussianLatentSettings, rows: int, seed: int
 ) -> pd.DataFrame:
@@ -108,7 +102,7 @@ def run(
     score("real training rows", "real", None, {})
     with tempfile.TemporaryDirectory(prefix="fair4free-privacy-") as scratch:
         work = Path(scratch)
-        plain_dir, dp_dir = work / "teacher", work / "teacher-dp"
+        plain_dir = work / "teacher"
         _, plain_seconds = timed(functools.partial(
             train_teacher, train, schema, dataset.name, settings, weight=weight, out=plain_dir
         ))  # fmt: skip
@@ -140,7 +134,7 @@ def run(
                   functools.partial(teacher_samples, teacher, len(train)),
                   {"train": seconds}, **spent)  # fmt: skip
             score(f"{label}, prior latents", f"dp-teacher-prior{suffix}",
-                  functools.partial(_prior_rows, teacher, len(train)),
+                  functools.partial(teacher_samples, teacher, len(train), latent_mode="prior"),
                   {"train": seconds}, **spent, latent_release=0.0)  # fmt: skip
             return teacher, out, seconds, label, spent
 

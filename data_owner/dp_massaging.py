@@ -27,7 +27,6 @@ changes), never the exact count of changed labels, a statistic of the table with
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from dataclasses import dataclass
 from typing import Any, Final
@@ -49,6 +48,7 @@ from fair4free.data_owner.dp_training import (
     budget_too_small,
     check_trainable,
     import_opacus,
+    least_fitting,
     noise_for_budget,
     opacus_advice_off,
     poisson_schedule,
@@ -97,8 +97,9 @@ def plan_massaging(
 ) -> MassagingNoise | None:
     """The least massaging noise that leaves the teacher within its allowed noise increase.
 
-    None when the teacher alone cannot meet ``epsilon`` (the caller refuses, as without
-    massaging). Monotone: more massaging noise, less spent, less noise the teacher needs.
+    None when the teacher alone cannot meet ``epsilon``, or not within the allowed increase even
+    at the most massaging noise searched (the caller refuses, as without massaging). Monotone:
+    more massaging noise, less spent, less noise the teacher needs.
     """
     alone = noise_for_budget(epsilon, delta, sample_rate, teacher_steps, ())
     if alone is None:
@@ -116,13 +117,10 @@ def plan_massaging(
         needed = noise_for_budget(epsilon, delta, sample_rate, teacher_steps, mechanisms(noise))
         return needed is not None and needed <= allowed
 
-    low, high = 0.3, 300.0
-    if fits(low):
-        high = low
-    while high / low > 1.01:
-        middle = math.sqrt(low * high)
-        low, high = (low, middle) if fits(middle) else (middle, high)
-    return MassagingNoise(ranker=high, histogram=settings.histogram_to_ranker_noise * high)
+    ranker = least_fitting(fits, low=0.3, high=300.0, ratio=1.01)
+    if ranker is None:
+        return None
+    return MassagingNoise(ranker=ranker, histogram=settings.histogram_to_ranker_noise * ranker)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,7 +235,7 @@ def dp_massage(
                 "noise_multiplier": ranker[0][0],
                 "sample_rate": ranker[0][1],
                 "steps": ranker[0][2],
-            },  # fmt: skip
+            },
             "histogram": {"noise_std": noise.histogram, "bins": settings.bins},
         },
     )
@@ -289,13 +287,7 @@ def _logistic_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 def _cut_from_top(counts: npt.NDArray[np.float64], wanted: float) -> float:
     """The score (in bins) above which ``wanted`` rows of a noisy histogram lie."""
-    above = 0.0
-    for index in range(len(counts) - 1, -1, -1):
-        if above + counts[index] >= wanted:
-            inside = (wanted - above) / max(counts[index], _TINY)  # share taken, from the top
-            return float(index + 1 - inside)
-        above += counts[index]
-    return 0.0
+    return len(counts) - _cut_from_bottom(counts[::-1], wanted)  # the mirror image
 
 
 def _cut_from_bottom(counts: npt.NDArray[np.float64], wanted: float) -> float:

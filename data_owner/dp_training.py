@@ -40,7 +40,7 @@ import math
 import secrets
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, NoReturn
@@ -409,17 +409,30 @@ def noise_for_budget(
     """
     accountant = import_opacus().accountants.RDPAccountant()
 
-    def epsilon_at(noise: float) -> float:
+    def meets(noise: float) -> bool:
         accountant.history = [*spent, (noise, sample_rate, steps)]
-        return float(accountant.get_epsilon(delta))
+        return float(accountant.get_epsilon(delta)) <= epsilon
 
-    low, high = 0.1, 100.0
     with opacus_advice_off():
-        if epsilon_at(high) > epsilon:
-            return None
-        while high / low > 1.001:
-            middle = math.sqrt(low * high)
-            low, high = (middle, high) if epsilon_at(middle) > epsilon else (low, middle)
+        return least_fitting(meets, low=0.1, high=100.0, ratio=1.001)
+
+
+def least_fitting(
+    fits: Callable[[float], bool], *, low: float, high: float, ratio: float
+) -> float | None:
+    """The least value in [low, high] for which ``fits`` holds, to within a factor ``ratio``.
+
+    ``fits`` must be monotone (false below some value, true above it), as "this much noise meets
+    the budget" is. A geometric search: noise levels span orders of magnitude. None when even
+    ``high`` does not fit.
+    """
+    if not fits(high):
+        return None
+    if fits(low):
+        return low
+    while high / low > ratio:
+        middle = math.sqrt(low * high)
+        low, high = (low, middle) if fits(middle) else (middle, high)
     return high
 
 

@@ -15,6 +15,7 @@ import torch
 
 from fair4free.common.codec import MANIFEST_FORMAT_VERSION, ModelManifest, PrivacyGuarantee
 from fair4free.common.tabular_heads import block_activations
+from fair4free.data_owner.latent_release import prior_latents
 from fair4free.data_owner.privacy_statement import LatentMode, privacy_statement, teacher_guarantee
 from fair4free.data_owner.registry import Teacher
 
@@ -122,7 +123,7 @@ def sample_rows(
     are what ``--latent-release prior`` answers (they read no record).
     """
     if latent_mode == "prior":
-        latents = rng.standard_normal((rows, teacher.model.config.latent_dim)).astype(np.float32)
+        latents = prior_latents(rows, teacher.model.config.latent_dim, rng)
     elif latent_mode == "posterior":
         latents = sample_latents(teacher, rows, rng)
     else:
