@@ -235,6 +235,18 @@ def _massaging_clause(dp: dict[str, Any]) -> str:
     )
 
 
+def _alignment_clause(dp: dict[str, Any]) -> str:
+    """How the DP teacher's latents were aligned across groups, when they were."""
+    mechanisms = dp.get("group_alignment")
+    if not mechanisms:
+        return "; latents not aligned across groups"
+    (moments,) = mechanisms
+    return (
+        f"; latents aligned across groups from private moments (noise multiplier "
+        f"{moments['noise_multiplier']:g} on count, sum and outer products), in the same epsilon"
+    )
+
+
 def _privacy_bench_section(document: dict[str, Any]) -> list[str]:
     """One ``bench.privacy`` results file: epsilon, quality and privacy of each way of serving."""
     settings, dp, provenance = document["settings"], document["dp_teacher"], document["provenance"]
@@ -247,7 +259,7 @@ def _privacy_bench_section(document: dict[str, Any]) -> list[str]:
         f"{settings['scoring_seeds']} seeds). DP teacher: DP-SGD via Opacus, noise multiplier "
         f"{dp['noise_multiplier']:.3f}, clip {dp['max_grad_norm']:g}, sampling rate "
         f"{dp['sample_rate']:.4f}, {dp['steps']} steps, delta {dp['delta']:g}, {dp['adjacency']}"
-        f"{_massaging_clause(dp)}. "
+        f"{_massaging_clause(dp)}{_alignment_clause(dp)}. "
         "Latent release epsilon: after releasing as many rows as the table has (replace-one "
         f"adjacency, delta {document['privacy_settings']['latent_delta']:g}); 'none': "
         "no formal guarantee. Produced by commit "

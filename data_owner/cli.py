@@ -38,7 +38,7 @@ from fair4free.data_owner.ledger import Ledger
 from fair4free.data_owner.policy import render_policy, starting_budgets
 from fair4free.data_owner.registry import load_teacher
 from fair4free.data_owner.server import LEDGER_FILE, ServerConfig, build_server, run_until_signalled
-from fair4free.data_owner.train_pipeline import train_to_directory
+from fair4free.data_owner.train_pipeline import LATENT_ALIGNMENTS, train_to_directory
 from fair4free.data_owner.training import TrainingConfig
 
 logger = logging.getLogger("fair4free.owner")
@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["massage", "none"],
         help="equalise positive rates across groups first (default: massage; under DP its "
         "private form, inside the same epsilon)",
+    )
+    train.add_argument(
+        "--latent-alignment",
+        choices=LATENT_ALIGNMENTS,
+        help="serve latents in which every group is N(0, I), labels read group-blind (default: "
+        "groups under --dp-epsilon, in private form inside the same epsilon; none without)",
     )
     train.add_argument("--dp-epsilon", type=float, help="DP-SGD to this epsilon (docs/privacy.md)")
     train.add_argument("--dp-delta", type=float, help="default: 1/(10 rows), a power of ten")
@@ -298,6 +304,7 @@ def _train(args: argparse.Namespace) -> int:
         fair_labels=args.fair_labels,
         split=split,
         dp=dp,
+        latent_alignment=args.latent_alignment,
     )
     kept = "no hold-out" if split is None else f"{len(holdout)} rows held out"
     print(f"saved teacher to {args.out} (content hash {content_hash[:12]}; {kept})")

@@ -21,8 +21,9 @@ encoding s inverted rather than dropping it, and on Adult at epsilon 8 left dcor
 
 Label massaging (``fair_labels.py``) relabels rows from statistics of the whole table, so one
 record can change other records' labels, which no per-record clipping accounts for. Under DP it
-runs in its private form (``dp_massaging.py``): its mechanisms are passed in as ``spent`` and the
-teacher's noise is chosen so that all of them together meet the target (``noise_for_budget``).
+runs in its private form (``dp_massaging.py``). Its mechanisms, and those of the group alignment
+released after training (``group_alignment.py``), are passed in as ``others``, and the teacher's
+noise is chosen so that all of them together meet the target (``noise_for_budget``).
 
 Randomness: Poisson sampling and the noise come from a generator seeded from the operating system
 afresh for every run, never from ``--seed``: noise drawn from a known seed is no noise to whoever
@@ -73,6 +74,12 @@ MIN_BATCHES_PER_EPOCH: Final = 2
 epoch (rows >= 2 x batch size), or privacy amplification by sampling is mostly lost."""
 Mechanism = tuple[float, float, int]
 """(noise multiplier, sample rate, steps): one entry of an Opacus RDP accountant's history."""
+NamedMechanisms = tuple[str, tuple[Mechanism, ...]]
+"""Other mechanisms that read the training rows, under their ``OTHER_MECHANISMS`` key."""
+OTHER_MECHANISMS: Final = {
+    "label_massaging": "dp label massaging",  # dp_massaging.py
+    "group_alignment": "dp group alignment",  # group_alignment.py
+}
 _OPACUS_BUDGET_TOO_LOW: Final = "privacy budget is too low"  # opacus 1.6's noise-search failure
 
 
@@ -163,19 +170,22 @@ class DPReport:
     sample_rate: float
     steps: int
     library: str
-    label_massaging: tuple[Mechanism, ...] = ()  # composed into epsilon when labels were massaged
+    others: tuple[NamedMechanisms, ...] = ()  # what else read the rows, composed into epsilon
 
     def metadata(self) -> dict[str, Any]:
         """The ``privacy`` entry of the model metadata (read by ``privacy_statement``)."""
-        massaged = {
-            "label_massaging": [
+        others = {
+            name: [
                 {"noise_multiplier": noise, "sample_rate": rate, "steps": steps}
-                for noise, rate, steps in self.label_massaging
+                for noise, rate, steps in mechanisms
             ]
+            for name, mechanisms in self.others
         }
+        names = ["dp-sgd", *(OTHER_MECHANISMS[name] for name, _ in self.others)]
+        mechanism = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
         return {
             "teacher": {
-                "mechanism": "dp-sgd and dp label massaging" if self.label_massaging else "dp-sgd",
+                "mechanism": mechanism,
                 "epsilon": self.epsilon,
                 "delta": self.delta,
                 "adjacency": ADJACENCY,
@@ -185,7 +195,7 @@ class DPReport:
                 "steps": self.steps,
                 "accountant": ACCOUNTANT,
                 "library": self.library,
-                **(massaged if self.label_massaging else {}),
+                **others,
             }
         }
 
@@ -261,13 +271,14 @@ def train_teacher_dp(
     teacher_config: TeacherConfig,
     config: TrainingConfig,
     dp: DPConfig,
-    spent: Sequence[Mechanism] = (),
+    others: Sequence[NamedMechanisms] = (),
 ) -> tuple[FairVAE, TrainingSummary, DPReport]:
     """Fit a FairVAE with DP-SGD to ``dp.epsilon``; the report holds the epsilon actually spent.
 
-    ``spent`` are mechanisms that already read the same rows (DP label massaging): the epsilon
-    reached covers them and training together.
+    ``others`` are the other mechanisms that read the same rows, before training (DP label
+    massaging) or after it (DP group alignment): the epsilon reached covers them all together.
     """
+    spent = flat(others)
     opacus = import_opacus()
     rows = int(x.shape[0])
     delta = check_trainable(rows, config, dp)
@@ -315,7 +326,7 @@ def train_teacher_dp(
     started = time.monotonic()
     _run_epochs(private, dp_optimiser, dp_loader, config.epochs, started)
     private.to_standard_module()  # drop Opacus' hooks and per-sample gradients
-    report = _report(engine, dp_optimiser.noise_multiplier, dp, delta, spent)
+    report = _report(engine, dp_optimiser.noise_multiplier, dp, delta, others)
     logger.info(
         "DP-SGD spent epsilon %.3f (target %g) at delta %g over %d steps",
         report.epsilon,
@@ -352,11 +363,15 @@ def _run_epochs(
 
 
 def _report(
-    engine: Any, noise_multiplier: float, dp: DPConfig, delta: float, spent: Sequence[Mechanism]
+    engine: Any,
+    noise_multiplier: float,
+    dp: DPConfig,
+    delta: float,
+    others: Sequence[NamedMechanisms],
 ) -> DPReport:
-    """The accountant's history, after what was ``spent`` before training, as a report."""
+    """The accountant's history, with the ``others`` that read the rows, as a report."""
     training = list(engine.accountant.history)
-    engine.accountant.history = [*spent, *training]  # epsilon of everything that read the rows
+    engine.accountant.history = [*flat(others), *training]  # all that read the rows
     with opacus_advice_off():
         epsilon = float(engine.get_epsilon(delta))
     return DPReport(
@@ -367,8 +382,13 @@ def _report(
         sample_rate=float(training[0][1]),
         steps=int(sum(entry[2] for entry in training)),
         library=f"opacus {importlib.import_module('opacus').__version__}",
-        label_massaging=tuple(spent),
+        others=tuple((name, tuple(mechanisms)) for name, mechanisms in others),
     )
+
+
+def flat(others: Sequence[NamedMechanisms]) -> list[Mechanism]:
+    """The mechanisms of ``others`` as one accountant history (RDP composition ignores order)."""
+    return [mechanism for _, mechanisms in others for mechanism in mechanisms]
 
 
 def check_trainable(rows: int, config: TrainingConfig, dp: DPConfig) -> float:

@@ -234,7 +234,7 @@ def clip_rows(rows: npt.NDArray[np.floating], radius: float) -> npt.NDArray[np.f
 
 
 def gaussian_latents(
-    posterior_mu: npt.NDArray[np.float32],
+    means: npt.NDArray[np.float32],
     plan: ReleasePlan,
     *,
     key: bytes,
@@ -244,7 +244,7 @@ def gaussian_latents(
 ) -> npt.NDArray[np.float32]:
     """Rows ``start .. start + count - 1`` of the Gaussian release, with fresh noise each."""
     index = scheduled_records(key, records=plan.records, start=start, count=count)
-    centres = clip_rows(posterior_mu[index], plan.clip)  # [count, latent_dim]
+    centres = clip_rows(means[index], plan.clip)  # [count, latent_dim]
     noise = rng.standard_normal(centres.shape) * (plan.noise_multiplier * plan.clip)
     latents: npt.NDArray[np.float32] = (centres + noise).astype(np.float32)
     return latents
@@ -286,7 +286,7 @@ def released_latents(
             f"{start + rows} rows exceed the release capacity of {plan.capacity}",
         )
     latents = gaussian_latents(
-        teacher.posterior_mu, plan, key=rng.bytes(KEY_BYTES), start=start, count=rows, rng=rng
+        teacher.served_means(), plan, key=rng.bytes(KEY_BYTES), start=start, count=rows, rng=rng
     )
     return latents, plan.epsilon(start + rows)
 

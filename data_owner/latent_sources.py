@@ -83,7 +83,7 @@ class PriorLatents:
 class GaussianLatents:
     """The scheduled Gaussian release, metered by its durable counter."""
 
-    posterior_mu: npt.NDArray[np.float32]
+    means: npt.NDArray[np.float32]  # every training row's posterior mean, as served
     counter: ReleaseCounter
     key: bytes
     mode: LatentMode = "gaussian"
@@ -92,7 +92,7 @@ class GaussianLatents:
         """Reserve the next ``rows`` positions (or refuse), then draw them."""
         start = self.counter.reserve(rows)
         return gaussian_latents(
-            self.posterior_mu, self.counter.plan, key=self.key, start=start, count=rows, rng=rng
+            self.means, self.counter.plan, key=self.key, start=start, count=rows, rng=rng
         )
 
     def guarantee(self) -> PrivacyGuarantee | None:
@@ -126,4 +126,4 @@ def open_latent_source(
         "released (epsilon %.4g of %g)", plan.noise_multiplier, plan.clip, plan.delta, released,
         plan.capacity, plan.epsilon(released), plan.epsilon_limit,
     )  # fmt: skip
-    return GaussianLatents(teacher.posterior_mu, counter, schedule_key(state_dir))
+    return GaussianLatents(teacher.served_means(), counter, schedule_key(state_dir))

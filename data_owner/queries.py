@@ -68,13 +68,15 @@ def with_latent_release(
 def sample_latents(
     teacher: Teacher, rows: int, rng: np.random.Generator
 ) -> npt.NDArray[np.float32]:
-    """Posterior draws z ~ q(z | x_i) for ``rows`` training rows drawn with replacement."""
+    """Posterior draws z ~ q(z | x_i) for ``rows`` training rows drawn with replacement.
+
+    Served as the teacher serves latents: group-aligned when it is (``group_alignment.py``).
+    """
     index = rng.integers(0, teacher.posterior_mu.shape[0], size=rows)
     mu = teacher.posterior_mu[index]  # [rows, latent_dim]
     std = np.exp(0.5 * teacher.posterior_logvar[index])
     noise = rng.standard_normal(mu.shape).astype(np.float32)
-    latents: npt.NDArray[np.float32] = (mu + noise * std).astype(np.float32)
-    return latents
+    return teacher.served_latents(mu + noise * std, index)
 
 
 def decode(
@@ -82,7 +84,7 @@ def decode(
 ) -> npt.NDArray[np.float32]:
     """Decoder outputs in model space: numeric values and per-block category probabilities."""
     with torch.no_grad():
-        raw = teacher.model.decode_raw(torch.from_numpy(latents), torch.from_numpy(sensitive))
+        raw = teacher.decode_raw(torch.from_numpy(latents), torch.from_numpy(sensitive))
         outputs: npt.NDArray[np.float32] = block_activations(raw, teacher.encoder.blocks).numpy()
     return outputs
 

@@ -63,11 +63,15 @@ class FairVAE(nn.Module):
         mu, logvar = self.encoder(torch.cat([x, s_onehot], dim=1)).chunk(2, dim=1)
         return mu, logvar.clamp(-10.0, 10.0)
 
-    def decode_raw(self, z: Tensor, s: Tensor) -> Tensor:
-        """Raw decoder outputs [n, input_dim] for latents z [n, latent_dim] and s indices [n]."""
+    def decode_raw(self, z: Tensor, s: Tensor, target_z: Tensor | None = None) -> Tensor:
+        """Raw decoder outputs [n, input_dim] for latents z [n, latent_dim] and s indices [n].
+
+        ``target_z`` [n, latent_dim], when given, is what the target block is decoded from instead
+        of z (a group-aligned teacher reads the two apart: ``group_alignment.py``).
+        """
         s_onehot = F.one_hot(s, self.config.n_sensitive).to(z.dtype)  # [n, n_sensitive]
         features = self.feature_decoder(torch.cat([z, s_onehot], dim=1))  # [n, target_start]
-        target = self.target_decoder(z)  # [n, input_dim - target_start]
+        target = self.target_decoder(z if target_z is None else target_z)  # [n, target width]
         return torch.cat([features, target], dim=1)
 
     def forward(

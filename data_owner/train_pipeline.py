@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from fair4free.common.encoding import TableEncoder
 from fair4free.common.schema import TableSchema
 from fair4free.data_owner.dp_massaging import massage_privately
-from fair4free.data_owner.dp_training import DPConfig, Mechanism, train_teacher_dp
+from fair4free.data_owner.dp_training import DPConfig, NamedMechanisms, train_teacher_dp
 from fair4free.data_owner.fair_labels import FairLabels, massage_labels
+from fair4free.data_owner.group_alignment import (
+    GroupAlignment,
+    PrivateAlignmentSettings,
+    fit_alignment,
+)
 from fair4free.data_owner.holdout import SPLIT_KEY, HoldoutSplit
-from fair4free.data_owner.registry import save_teacher
-from fair4free.data_owner.teacher import TeacherConfig
+from fair4free.data_owner.registry import posterior_bank, save_teacher
+from fair4free.data_owner.teacher import FairVAE, TeacherConfig
 from fair4free.data_owner.training import TrainingConfig, train_teacher
 
 logger = logging.getLogger(__name__)
+
+LatentAlignment = Literal["groups", "none"]
+LATENT_ALIGNMENTS: tuple[LatentAlignment, ...] = ("groups", "none")
 
 
 def train_to_directory(
@@ -34,6 +45,7 @@ def train_to_directory(
     fair_labels: FairLabels | None = None,
     split: HoldoutSplit | None = None,
     dp: DPConfig | None = None,
+    latent_alignment: LatentAlignment | None = None,
 ) -> str:
     """Train a teacher on ``frame`` and save it to ``out``; returns the content hash.
 
@@ -41,11 +53,14 @@ def train_to_directory(
     ``holdout.py``); the release check and the Evaluate RPC find the hold-out through it.
     ``dp`` trains with DP-SGD (``dp_training.py``) and records the spent budget under
     ``privacy``; ``fair_labels`` None means massaging, in its private form under DP
-    (``dp_massaging.py``), whose cost is part of the epsilon.
+    (``dp_massaging.py``), whose cost is part of the epsilon. ``latent_alignment`` None means
+    group alignment (``group_alignment.py``) under DP, in its private form, and none without.
     """
     fair_labels = "massage" if fair_labels is None else fair_labels
+    if latent_alignment is None:
+        latent_alignment = "none" if dp is None else "groups"
     massaging: dict[str, Any] | None = None
-    spent: tuple[Mechanism, ...] = ()
+    others: list[NamedMechanisms] = []
     if fair_labels == "massage" and dp is None:
         frame, report = massage_labels(frame, schema, seed=training.seed)
         logger.info("%s", report.summary())
@@ -53,7 +68,12 @@ def train_to_directory(
     encoder = TableEncoder.fit(frame, schema)
     if fair_labels == "massage" and dp is not None:
         frame, private = massage_privately(frame, schema, encoder, training=training, dp=dp)
-        massaging, spent = private.record, private.mechanisms
+        massaging = private.record
+        others.append(("label_massaging", private.mechanisms))
+    private_alignment = None
+    if latent_alignment == "groups" and dp is not None:
+        private_alignment = PrivateAlignmentSettings()
+        others.append(("group_alignment", (private_alignment.mechanism(),)))
     x, s = encoder.encode(frame)
     teacher_config = TeacherConfig(
         input_dim=encoder.width,
@@ -77,7 +97,7 @@ def train_to_directory(
     else:
         model, summary, dp_report = train_teacher_dp(
             x, s, blocks=encoder.blocks, teacher_config=teacher_config, config=training, dp=dp,
-            spent=spent,
+            others=others,
         )  # fmt: skip
         privacy = {"privacy": dp_report.metadata()}
     logger.info(
@@ -86,6 +106,9 @@ def train_to_directory(
         summary.reconstruction,
         summary.latent_sensitive_dcor,
     )
+    alignment = None
+    if latent_alignment == "groups":
+        alignment = align_groups(model, x, s, private=private_alignment, seed=training.seed)
     return save_teacher(
         out,
         model=model,
@@ -95,6 +118,7 @@ def train_to_directory(
         training_config=training,
         summary=summary,
         dataset_name=dataset_name,
+        alignment=alignment,
         extra={
             "fair_labels": fair_labels,
             "massaging": massaging,
@@ -102,3 +126,26 @@ def train_to_directory(
             **privacy,
         },
     )
+
+
+def align_groups(
+    model: FairVAE,
+    x: npt.NDArray[np.float32],
+    s: npt.NDArray[np.int64],
+    *,
+    private: PrivateAlignmentSettings | None,
+    seed: int,
+) -> GroupAlignment | None:
+    """The group alignment of the trained teacher's posterior: one draw per training row.
+
+    Private settings draw from the operating system's randomness, as DP-SGD does (dp_training's
+    docstring says why); an exact alignment is seeded, so a plain run stays reproducible.
+    """
+    mu, logvar = (part.numpy() for part in posterior_bank(model, x, s))
+    rng = np.random.default_rng(secrets.randbits(63) if private else seed)
+    z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)
+    alignment = fit_alignment(z, s, model.config.n_sensitive, private=private, rng=rng)
+    if alignment is not None:
+        how = "exact" if private is None else f"private, noise {private.noise_multiplier:g}"
+        logger.info("latent aligned across %d groups (%s)", model.config.n_sensitive, how)
+    return alignment

@@ -138,7 +138,8 @@ def test_privacy_benchmark_scores_every_way_of_serving_and_states_each_epsilon(
     ]  # fmt: skip
     assert rows["dp-teacher-rerun"]["name"].startswith("DP teacher #2 (epsilon")
     dp = document["dp_teacher"]
-    assert dp["mechanism"] == "dp-sgd and dp label massaging" and dp["epsilon"] <= 8.0
+    assert dp["mechanism"] == "dp-sgd, dp label massaging and dp group alignment"
+    assert dp["epsilon"] <= 8.0
     for method in ("dp-teacher", "dp-teacher-prior", "dp-student-prior", "dp-teacher-gaussian"):
         assert rows[method]["epsilon"]["teacher"] == dp["epsilon"]
     assert rows["dp-student-prior"]["epsilon"]["latent_release"] == 0.0  # prior reads no record

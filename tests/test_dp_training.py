@@ -79,7 +79,7 @@ def test_the_spent_epsilon_is_within_target_and_recorded(
     rows = len(cohort.train)
     assert 0.9 * 4.0 < teacher["epsilon"] <= 4.0  # spent, near the target the noise was set for
     assert teacher["delta"] == default_delta(rows) == 1e-5  # 1 / (10 * 1200) rounded down
-    assert teacher["mechanism"] == "dp-sgd and dp label massaging"
+    assert teacher["mechanism"] == "dp-sgd, dp label massaging and dp group alignment"
     assert teacher["adjacency"] == ADJACENCY
     assert teacher["accountant"] == "rdp" and teacher["library"] == "opacus 1.6.0"
     assert teacher["max_grad_norm"] == 1.0
@@ -87,16 +87,21 @@ def test_the_spent_epsilon_is_within_target_and_recorded(
     assert teacher["sample_rate"] == pytest.approx(1 / 10)
     assert teacher["steps"] == SMALL.epochs * 10
     # Every recorded mechanism, re-accounted from its own numbers, gives the recorded epsilon:
-    # the labels were massaged in private (ranker, then histogram), then DP-SGD trained.
+    # the labels were massaged in private (ranker, then histogram), DP-SGD trained, then the
+    # group moments of the posterior were released (count, sum, outer products).
     ranker, histogram = teacher["label_massaging"]
     assert (ranker["sample_rate"], ranker["steps"]) == (1 / 10, 2 * 10)
     assert (histogram["sample_rate"], histogram["steps"]) == (1.0, 1)
+    (moments,) = teacher["group_alignment"]
+    assert (moments["sample_rate"], moments["steps"]) == (1.0, 3)
     accountant = RDPAccountant()
     accountant.history = [
-        *((m["noise_multiplier"], m["sample_rate"], m["steps"]) for m in (ranker, histogram)),
+        *((m["noise_multiplier"], m["sample_rate"], m["steps"])
+          for m in (ranker, histogram, moments)),
         (teacher["noise_multiplier"], teacher["sample_rate"], teacher["steps"]),
-    ]
+    ]  # fmt: skip
     assert accountant.get_epsilon(teacher["delta"]) == pytest.approx(teacher["epsilon"])
+    assert metadata["latent_alignment"] == "groups"
     assert metadata["fair_labels"] == "massage"
     assert metadata["massaging"]["method"] == "dp-massaging"
 
@@ -126,7 +131,7 @@ def test_the_served_manifest_states_the_dp_guarantee(
     with OwnerClient(config) as client:
         manifest = client.manifest()
     (guarantee,) = [g for g in manifest.privacy_guarantees if g.scope == "teacher"]
-    assert guarantee.mechanism == "dp-sgd and dp label massaging"
+    assert guarantee.mechanism == "dp-sgd, dp label massaging and dp group alignment"
     assert guarantee.adjacency == ADJACENCY
     assert (guarantee.epsilon, guarantee.delta) == (recorded["epsilon"], recorded["delta"])
     assert "trained with dp-sgd" in manifest.privacy_statement
@@ -222,21 +227,23 @@ def test_bad_dp_settings_are_one_line_errors(
     assert "Traceback" not in last
 
 
-def test_the_installed_command_trains_without_massaging_when_told(
+def test_the_installed_command_trains_without_massaging_or_alignment_when_told(
     train_args: list[str], tmp_path: Path
 ) -> None:
     out = tmp_path / "plain-labels"
     args = [*train_args[: train_args.index("--out")], *train_args[train_args.index("--out") + 2 :]]
     result = subprocess.run(
         [sys.executable, "-m", "fair4free.data_owner", *args, "--out", str(out),
-         "--dp-epsilon", "8", "--fair-labels", "none"],
+         "--dp-epsilon", "8", "--fair-labels", "none", "--latent-alignment", "none"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    metadata = load_teacher(out).metadata
+    teacher = load_teacher(out)
+    metadata = teacher.metadata
     assert metadata["privacy"]["teacher"]["mechanism"] == "dp-sgd"  # DP-SGD alone spent
-    assert "label_massaging" not in metadata["privacy"]["teacher"]
+    assert not {"label_massaging", "group_alignment"} & set(metadata["privacy"]["teacher"])
     assert metadata["fair_labels"] == "none" and metadata["massaging"] is None
+    assert metadata["latent_alignment"] == "none" and teacher.alignment is None
     # Without --learning-rate and --kl-weight, DP-SGD takes its own defaults.
     assert metadata["training_config"]["learning_rate"] == DP_DEFAULTS["learning_rate"] > 1e-3
     assert metadata["training_config"]["kl_weight"] == DP_DEFAULTS["kl_weight"] > 0.1
