@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fair4free.common.cli_support import run_parsed
 from fair4free.common.errors import ErrorCode, Fair4FreeError
-from fair4free.common.privacy_cli import add_privacy_command, check_new_file
+from fair4free.common.privacy_cli import add_privacy_command, check_new_file, write_new_file
 from fair4free.common.table_io import write_table
 from fair4free.common.tls import TlsFiles
 from fair4free.consumer.client import ClientConfig, OwnerClient
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--target", required=True)
     ev.add_argument("--positive-class", help="the target's positive class (default: minority)")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--json", type=Path, help="also write the scores as JSON here")
+    ev.add_argument("--json", type=Path, help="also write the scores as JSON here (a new file)")
     ev.set_defaults(handler=_evaluate)
 
     remote = commands.add_parser(
@@ -161,6 +161,8 @@ def _checkpoints(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.json is not None:  # refuse before the scoring, not after it
+        check_new_file(args.json)
     report = evaluate_files(
         args.synthetic,
         args.real,
@@ -171,7 +173,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(format_report_table({args.synthetic.name: report}))
     if args.json is not None:
-        args.json.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        write_new_file(args.json, json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -160,6 +160,22 @@ def test_evaluate_with_an_unknown_column(tmp_path: Path, train_csv: Path, cohort
     assert_one_line_error(result, ExitCode.BAD_INPUT, "race_typo")
 
 
+def test_evaluate_writes_its_json_to_a_new_file_and_never_over_one(
+    tmp_path: Path, train_csv: Path, cohort: Cohort
+) -> None:
+    args = ["consumer", "evaluate", "--synthetic", str(train_csv), "--real", str(train_csv),
+            "--target", cohort.schema.target, "--sensitive", cohort.schema.sensitive]  # fmt: skip
+    out = tmp_path / "scores.json"
+    result = run(*args, "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["accuracy"] > 0.5  # a classifier scored on its own rows
+    kept = tmp_path / "kept.json"
+    kept.write_text("precious\n")
+    result = run(*args, "--json", str(kept))
+    assert_one_line_error(result, ExitCode.BAD_INPUT, "pass a new --json path")
+    assert kept.read_text() == "precious\n"
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_generate_writes_the_original_schema(
     tmp_path: Path, student_dir: Path, cohort: Cohort, suffix: str
