@@ -31,7 +31,7 @@ from fair4free.common.codec import (
     tensor_from_proto,
     tensor_to_proto,
 )
-from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.errors import CATALOG, ErrorCode, Fair4FreeError
 from fair4free.common.tls import TlsFiles, channel_credentials
 from fair4free.v1 import fair4free_pb2 as pb
 from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
@@ -44,6 +44,8 @@ EVALUATE_CHUNK_ROWS = 4096
 """Rows per Evaluate message: 4096 rows of a few hundred columns stay far below 16 MiB."""
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+_DAEMON_DEADLINE_HINT = f"; {CATALOG[ErrorCode.DEADLINE_EXCEEDED].hint}"
+"""How the daemon's own deadline refusal ends (``deadline.py``); a client-side timeout does not."""
 _REFUSALS = {
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.PERMISSION_DENIED,
@@ -216,7 +218,8 @@ class OwnerClient(ClosesOnExit):
                 return send(request_id)
             except grpc.RpcError as exc:
                 code = exc.code()
-                if code in _RETRYABLE and attempt < self._config.attempts:
+                retryable = code in _RETRYABLE and not _daemon_deadline(exc)
+                if retryable and attempt < self._config.attempts:
                     delay = min(4.0, 0.25 * 2**attempt) * (0.5 + random.random())
                     logger.warning("%s failed (%s); retrying in %.1f s", method, code.name, delay)
                     time.sleep(delay)
@@ -230,9 +233,20 @@ def _split(total: int, cap: int) -> list[int]:
     return [min(cap, total - start) for start in range(0, total, cap)]
 
 
+def _daemon_deadline(exc: grpc.RpcError) -> bool:
+    """The daemon cut the call off at its --max-call-seconds: the same request would be again."""
+    details = exc.details() or ""
+    return exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED and details.endswith(
+        _DAEMON_DEADLINE_HINT
+    )
+
+
 def _as_domain_error(method: str, server: str, exc: grpc.RpcError) -> Fair4FreeError:
     code = exc.code()
     details = exc.details() or code.name
+    if _daemon_deadline(exc):  # its hint says what to do; the error adds it back once
+        reason = details.removesuffix(_DAEMON_DEADLINE_HINT)
+        return Fair4FreeError(ErrorCode.DEADLINE_EXCEEDED, f"{server} cut {method} off: {reason}")
     if code in _RETRYABLE:
         return Fair4FreeError(
             ErrorCode.SERVER_UNREACHABLE, f"{method} to {server} failed: {code.name}: {details}"

@@ -17,6 +17,7 @@ from conftest import CLIENT_NAME, UNLIMITED, StubFactory, write_policy
 from fair4free.common.codec import tensor_to_proto
 from fair4free.common.errors import CATALOG, ErrorCode, ExitCode, Fair4FreeError
 from fair4free.common.tls import client_identity_uri
+from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.data_owner.deadline import (
     CLIENT_DEADLINE_EXCEEDED,
     DAEMON_LIMIT_EXCEEDED,
@@ -130,3 +131,23 @@ def test_work_past_the_daemons_limit_is_cut_off_refunded_and_audited(
     assert re.fullmatch(detail, str(terminal["reason"]))
     for unset in ("budget_used", "budget_remaining", "rows_returned", "response_sha256"):
         assert terminal.get(unset) is None  # nothing charged, nothing answered
+
+
+def test_the_client_reports_the_daemons_deadline_as_such_and_does_not_retry_it(
+    hasty_daemon: OwnerDaemon,
+    pki_dir: PkiLayout,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = ClientConfig(
+        server=f"127.0.0.1:{hasty_daemon.port}", tls=pki_dir.client_files(CLIENT_NAME)
+    )
+    with OwnerClient(config) as client, pytest.raises(Fair4FreeError) as caught:
+        client.sample_latents(ROWS)
+    assert caught.value.code is ErrorCode.DEADLINE_EXCEEDED  # not "server unreachable"
+    message = caught.value.public_message()
+    # The client reads the manifest first, and even that overruns a microsecond.
+    assert re.search(_pattern(DAEMON_LIMIT_EXCEEDED, "GetManifest", TINY_LIMIT), message)
+    assert message.count(CATALOG[ErrorCode.DEADLINE_EXCEEDED].hint) == 1
+    assert "retrying" not in caplog.text  # the same request would overrun again
+    assert [e["outcome"] for e in _events(tmp_path)].count("failed") == 1
