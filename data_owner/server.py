@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 from concurrent import futures
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -138,57 +139,57 @@ def build_server(teacher: Teacher, *, tls: TlsFiles, config: ServerConfig) -> Ow
         ) from None
     latents = open_latent_source(teacher, config.latent_release, config.state_dir)
     revocations = None if config.crl is None else RevocationList.load(config.crl, tls.ca)
-    audit = open_audit_log(config)
-    ledger = Ledger.open(config.state_dir / LEDGER_FILE)
-    served = ServedModel(
-        server_id=config.server_id, model_id=teacher.model_id, model_hash=teacher.content_hash
-    )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers),
-        interceptors=[
-            ErrorMappingInterceptor(),
-            UploadDeadlineInterceptor(config.max_call_seconds),
-            AuditInterceptor(audit, served),
-            IdentityInterceptor(revocations),
-            PolicyInterceptor(policy, RateLimiter(DEFAULT_RATE_PER_MINUTE)),
-            MeteringInterceptor(policy, ledger),
-            DeadlineInterceptor(config.max_call_seconds),
-        ],
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(config.grace_seconds * 1000)),
-        ],
-        maximum_concurrent_rpcs=4 * config.max_workers,
-    )
-    servicer = OwnerServicer(
-        teacher,
-        budgets=BudgetView(policy, ledger),
-        max_rows_per_call=config.max_rows_per_call,
-        seed=config.seed,
-        latents=latents,
-        evaluator=evaluator,
-    )
-    pb_grpc.add_OwnerServiceServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     credentials = server_credentials(ca=tls.ca, cert=tls.cert, key=tls.key)
-    try:
-        port = server.add_secure_port(config.listen, credentials)
-    except RuntimeError as exc:
-        ledger.close()
-        audit.close()
-        raise Fair4FreeError(
-            ErrorCode.CONFIG_INVALID, f"cannot listen on {config.listen}: {exc}"
-        ) from None
-    if port == 0:
-        ledger.close()
-        audit.close()
-        raise Fair4FreeError(ErrorCode.CONFIG_INVALID, f"cannot listen on {config.listen}")
-    server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    with ExitStack() as on_failure:  # what opens here is closed again if the start fails
+        audit = open_audit_log(config)
+        on_failure.callback(audit.close)
+        ledger = Ledger.open(config.state_dir / LEDGER_FILE)
+        on_failure.callback(ledger.close)
+        served = ServedModel(
+            server_id=config.server_id, model_id=teacher.model_id, model_hash=teacher.content_hash
+        )
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.max_workers),
+            interceptors=[
+                ErrorMappingInterceptor(),
+                UploadDeadlineInterceptor(config.max_call_seconds),
+                AuditInterceptor(audit, served),
+                IdentityInterceptor(revocations),
+                PolicyInterceptor(policy, RateLimiter(DEFAULT_RATE_PER_MINUTE)),
+                MeteringInterceptor(policy, ledger),
+                DeadlineInterceptor(config.max_call_seconds),
+            ],
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(config.grace_seconds * 1000)),
+            ],
+            maximum_concurrent_rpcs=4 * config.max_workers,
+        )
+        servicer = OwnerServicer(
+            teacher,
+            budgets=BudgetView(policy, ledger),
+            max_rows_per_call=config.max_rows_per_call,
+            seed=config.seed,
+            latents=latents,
+            evaluator=evaluator,
+        )
+        pb_grpc.add_OwnerServiceServicer_to_server(servicer, server)
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        try:
+            port = server.add_secure_port(config.listen, credentials)
+        except RuntimeError as exc:
+            raise Fair4FreeError(
+                ErrorCode.CONFIG_INVALID, f"cannot listen on {config.listen}: {exc}"
+            ) from None
+        if port == 0:
+            raise Fair4FreeError(ErrorCode.CONFIG_INVALID, f"cannot listen on {config.listen}")
+        server.start()
+        on_failure.pop_all()
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return OwnerDaemon(server=server, port=port, ledger=ledger, audit=audit)
 
 

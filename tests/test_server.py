@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,14 +12,16 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import CLIENT_NAME, MAX_ROWS_PER_CALL
+from conftest import CLIENT_NAME, MAX_ROWS_PER_CALL, UNLIMITED, write_policy
 from fair4free.common.codec import tensor_to_proto
 from fair4free.common.encoding import TableEncoder
+from fair4free.common.errors import Fair4FreeError
 from fair4free.common.tls import channel_credentials
 from fair4free.consumer.client import OwnerClient
 from fair4free.data_owner import queries
 from fair4free.data_owner.pki import PkiLayout
 from fair4free.data_owner.registry import load_teacher
+from fair4free.data_owner.server import ServerConfig, build_server
 from fair4free.v1 import fair4free_pb2 as pb
 from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
 from forged_certs import forge, write_pair
@@ -177,3 +180,24 @@ def test_certificate_naming_no_consumer_is_unauthenticated(
                 stub.SampleLatents(pb.SampleLatentsRequest(request_id="r", rows=1), timeout=TIMEOUT)
             )
         assert streamed.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("fault", ["unreadable key", "address not here"])
+def test_a_daemon_that_fails_to_start_leaves_its_state_unlocked(
+    teacher_dir: Path, pki_dir: PkiLayout, tmp_path: Path, fault: str
+) -> None:
+    """The audit log holds an exclusive lock: a failed start must let the next one take it."""
+    teacher = load_teacher(teacher_dir)
+    policy = write_policy(tmp_path / "policy.toml", UNLIMITED)
+    good = ServerConfig(policy=policy, state_dir=tmp_path / "state", listen="127.0.0.1:0")
+    tls, config = pki_dir.server_files(), good
+    if fault == "unreadable key":
+        garbage = tmp_path / "server.key"
+        garbage.write_text("not a key\n")
+        tls = dataclasses.replace(tls, key=garbage)
+    else:  # 192.0.2.1 is a documentation address (RFC 5737): no interface here has it
+        config = dataclasses.replace(good, listen="192.0.2.1:50051")
+    with pytest.raises(Fair4FreeError):
+        build_server(teacher, tls=tls, config=config)
+    daemon = build_server(teacher, tls=pki_dir.server_files(), config=good)  # not "locked"
+    daemon.stop(0)
