@@ -26,6 +26,7 @@ from fair4free.common import dp_accounting
 from fair4free.common.codec import ModelManifest, manifest_from_proto, tensor_from_proto
 from fair4free.common.errors import ErrorCode, ExitCode, Fair4FreeError
 from fair4free.data_owner import latent_release as lr
+from fair4free.data_owner import queries
 from fair4free.data_owner.cli import build_parser
 from fair4free.data_owner.pki import PkiLayout
 from fair4free.data_owner.privacy_statement import LATENT_SENTENCES
@@ -456,3 +457,17 @@ def test_bad_flags_through_the_cli_get_the_catalog_exit_codes(
     line = small.stderr.strip().splitlines()[-1]
     assert line.startswith("error: --latent-epsilon-limit 0.5 allows no release")
     assert f"one pass over the records costs epsilon {one_pass:.4g}" in line
+
+
+def test_posterior_draws_are_widened_by_isotropic_noise(teacher: Teacher) -> None:
+    """Each served posterior draw is N(mu_i, var_i + w^2): the row's posterior, widened by w."""
+    rows = 200_000
+    latents = queries.sample_latents(teacher, rows, np.random.default_rng(5))
+    index = np.random.default_rng(5).integers(0, teacher.posterior_mu.shape[0], size=rows)
+    residual = latents - teacher.posterior_mu[index]  # an unaligned teacher serves z itself
+    variance = np.exp(teacher.posterior_logvar[index].astype(np.float64))
+    widened = residual / np.sqrt(variance + queries.POSTERIOR_WIDENING**2)
+    assert widened.mean() == pytest.approx(0.0, abs=0.01)
+    assert widened.std() == pytest.approx(1.0, abs=0.01)
+    # The posterior's own spread alone does not account for the draws: the widening is there.
+    assert (residual / np.sqrt(variance)).std() > 1.0 + 0.5 * queries.POSTERIOR_WIDENING**2
