@@ -39,6 +39,7 @@ import numpy.typing as npt
 import torch
 
 from fair4free.data_owner.dp_training import Mechanism
+from fair4free.data_owner.row_clipping import clip_rows
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +100,8 @@ def private_moments(
     rng: np.random.Generator,
 ) -> GroupMoments:
     """The moment sums with every row clipped to the radius and Gaussian noise on every sum."""
-    z = np.asarray(z, dtype=np.float64)
     radius = settings.radius(z.shape[1])
-    norms = np.linalg.norm(z, axis=1, keepdims=True)
-    exact = group_moments(z * np.minimum(1.0, radius / np.maximum(norms, 1e-12)), s, n_groups)
+    exact = group_moments(clip_rows(z, radius), s, n_groups)
     sigma = settings.noise_multiplier
     noise = rng.normal(0.0, sigma * radius**2, exact.outers.shape)
     # One symmetric noise matrix per group: (E + E^T) / sqrt(2) keeps each off-diagonal entry's

@@ -39,6 +39,7 @@ from fair4free.common.codec import PrivacyGuarantee
 from fair4free.common.errors import ErrorCode, Fair4FreeError
 from fair4free.data_owner.privacy_statement import LatentMode
 from fair4free.data_owner.registry import Teacher
+from fair4free.data_owner.row_clipping import clip_rows
 
 LATENT_MODES: Final[tuple[LatentMode, ...]] = ("posterior", "gaussian", "prior")
 DEFAULT_DELTA: Final = 1e-6
@@ -222,15 +223,6 @@ def scheduled_records(key: bytes, *, records: int, start: int, count: int) -> np
         chosen.append(_permutation(key, records, epoch)[offset : offset + take])
         position += take
     return np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
-
-
-def clip_rows(rows: npt.NDArray[np.floating], radius: float) -> npt.NDArray[np.float64]:
-    """Each row scaled down to L2 norm at most ``radius`` (rows inside it are unchanged)."""
-    values = rows.astype(np.float64)
-    norms = np.linalg.norm(values, axis=1, keepdims=True)  # [rows, 1]
-    scale = np.minimum(1.0, radius / np.maximum(norms, np.finfo(np.float64).tiny))
-    clipped: npt.NDArray[np.float64] = values * scale
-    return clipped
 
 
 def gaussian_latents(

@@ -39,6 +39,7 @@ from fair4free.data_owner.release_counter import (
     ReleaseCounter,
     schedule_key,
 )
+from fair4free.data_owner.row_clipping import clip_rows
 from fair4free.data_owner.server import ServerConfig, build_server
 from fair4free.v1 import fair4free_pb2 as pb
 from fair4free.v1 import fair4free_pb2_grpc as pb_grpc
@@ -111,7 +112,7 @@ def test_the_order_is_secret_keyed_and_changes_every_pass() -> None:
 
 def test_clipping_bounds_norms_and_keeps_small_rows_and_directions() -> None:
     rows = np.random.default_rng(0).standard_normal((500, 6)).astype(np.float32) * 2
-    clipped = lr.clip_rows(rows, 2.5)
+    clipped = clip_rows(rows, 2.5)
     norms = np.linalg.norm(rows, axis=1)
     assert np.linalg.norm(clipped, axis=1).max() <= 2.5 + 1e-9
     inside = norms <= 2.5
@@ -131,7 +132,7 @@ def test_released_rows_are_clipped_means_plus_noise_of_sigma_times_clip(teacher:
     )  # fmt: skip
     assert latents.shape == (rows, teacher.model.config.latent_dim)
     assert latents.dtype == np.float32
-    centres = lr.clip_rows(teacher.posterior_mu, 0.5)[
+    centres = clip_rows(teacher.posterior_mu, 0.5)[
         lr.scheduled_records(KEY, records=release.records, start=0, count=rows)
     ]
     noise = latents - centres
