@@ -68,7 +68,7 @@ class Teacher:
 def posterior_bank(
     model: FairVAE, x: npt.NDArray[np.float32], s: npt.NDArray[np.int64]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior parameters of every training row, computed once at save time."""
+    """Posterior parameters (mu, logvar) of every training row, computed once after training."""
     with torch.no_grad():
         mu, logvar = model.encode(torch.from_numpy(x), torch.from_numpy(s))
     return mu.contiguous(), logvar.contiguous()
@@ -79,7 +79,7 @@ def save_teacher(
     *,
     model: FairVAE,
     encoder: TableEncoder,
-    x_train: npt.NDArray[np.float32],
+    posterior: tuple[torch.Tensor, torch.Tensor],
     s_train: npt.NDArray[np.int64],
     training_config: TrainingConfig,
     summary: TrainingSummary,
@@ -87,11 +87,14 @@ def save_teacher(
     alignment: GroupAlignment | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """Write a teacher directory; returns its content hash. Refuses to overwrite."""
-    mu, logvar = posterior_bank(model, x_train, s_train)
+    """Write a teacher directory; returns its content hash. Refuses to overwrite.
+
+    ``posterior`` is the bank (``posterior_bank``) of the training rows; ``s_train`` their groups.
+    """
+    mu, logvar = posterior
     metadata = {
         "dataset": dataset_name,
-        "training_rows": int(x_train.shape[0]),
+        "training_rows": int(mu.shape[0]),
         "teacher_config": dataclasses.asdict(model.config),
         "training_config": dataclasses.asdict(training_config),
         "training_summary": dataclasses.asdict(summary),
@@ -99,8 +102,8 @@ def save_teacher(
         "latent_alignment": "none" if alignment is None else "groups",
         **(extra or {}),
     }
-    posterior = {"mu": mu, "logvar": logvar, "sensitive": torch.from_numpy(s_train)}
-    weights = {"model": model.state_dict(), "posterior": posterior}
+    bank = {"mu": mu, "logvar": logvar, "sensitive": torch.from_numpy(s_train)}
+    weights = {"model": model.state_dict(), "posterior": bank}
     if alignment is not None:
         weights["alignment"] = alignment.to_tensors()
     return write_artifact(

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import torch
 
 from fair4free.common.encoding import TableEncoder
 from fair4free.common.schema import TableSchema
@@ -24,7 +25,7 @@ from fair4free.data_owner.group_alignment import (
 )
 from fair4free.data_owner.holdout import SPLIT_KEY, HoldoutSplit
 from fair4free.data_owner.registry import posterior_bank, save_teacher
-from fair4free.data_owner.teacher import FairVAE, TeacherConfig
+from fair4free.data_owner.teacher import TeacherConfig
 from fair4free.data_owner.training import TrainingConfig, train_teacher
 
 logger = logging.getLogger(__name__)
@@ -106,14 +107,17 @@ def train_to_directory(
         summary.reconstruction,
         summary.latent_sensitive_dcor,
     )
+    posterior = posterior_bank(model, x, s)
     alignment = None
     if latent_alignment == "groups":
-        alignment = align_groups(model, x, s, private=private_alignment, seed=training.seed)
+        alignment = align_groups(
+            posterior, s, teacher_config.n_sensitive, private=private_alignment, seed=training.seed
+        )
     return save_teacher(
         out,
         model=model,
         encoder=encoder,
-        x_train=x,
+        posterior=posterior,
         s_train=s,
         training_config=training,
         summary=summary,
@@ -129,23 +133,23 @@ def train_to_directory(
 
 
 def align_groups(
-    model: FairVAE,
-    x: npt.NDArray[np.float32],
+    posterior: tuple[torch.Tensor, torch.Tensor],
     s: npt.NDArray[np.int64],
+    n_groups: int,
     *,
     private: PrivateAlignmentSettings | None,
     seed: int,
 ) -> GroupAlignment | None:
-    """The group alignment of the trained teacher's posterior: one draw per training row.
+    """The group alignment of the trained teacher's posterior bank: one draw per training row.
 
     Private settings draw from the operating system's randomness, as DP-SGD does (dp_training's
     docstring says why); an exact alignment is seeded, so a plain run stays reproducible.
     """
-    mu, logvar = (part.numpy() for part in posterior_bank(model, x, s))
+    mu, logvar = (part.numpy() for part in posterior)
     rng = np.random.default_rng(secrets.randbits(63) if private else seed)
     z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)
-    alignment = fit_alignment(z, s, model.config.n_sensitive, private=private, rng=rng)
+    alignment = fit_alignment(z, s, n_groups, private=private, rng=rng)
     if alignment is not None:
         how = "exact" if private is None else f"private, noise {private.noise_multiplier:g}"
-        logger.info("latent aligned across %d groups (%s)", model.config.n_sensitive, how)
+        logger.info("latent aligned across %d groups (%s)", n_groups, how)
     return alignment
