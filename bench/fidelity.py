@@ -295,7 +295,7 @@ def run(
                 continue
             student, distill_seconds = two_party_student(model_dir, work, settings)
             score(f"two-party student, weight {weight:g}", "student", weight,
-                  functools.partial(_student_rows, student, len(train)),
+                  functools.partial(student_samples, student, len(train)),
                   {"train": train_seconds, "distill": distill_seconds})  # fmt: skip
             collapse = dict(student.metadata["collapse"])
             logger.info("student latent collapse check: %s", collapse)
@@ -356,7 +356,8 @@ def score_table(
     )
 
 
-def _student_rows(student: Student, rows: int, seed: int) -> pd.DataFrame:
+def student_samples(student: Student, rows: int, seed: int) -> pd.DataFrame:
+    """The student's own rows, as the consumer makes them after distillation."""
     return student.sample(rows, seed=seed)
 
 

@@ -39,6 +39,7 @@ from bench.fidelity import (
     load_dataset,
     score_table,
     split_and_schema,
+    student_samples,
     teacher_samples,
     torch_provenance,
     train_teacher,
@@ -112,13 +113,17 @@ def run(
               {"train": plain_seconds})  # fmt: skip
         student, distill_seconds = two_party_student(plain_dir, work, settings)
         score(f"two-party student, weight {weight:g}", "student",
-              functools.partial(_student_rows, student, len(train)),
+              functools.partial(student_samples, student, len(train)),
               {"train": plain_seconds, "distill": distill_seconds})  # fmt: skip
 
         dp = DPConfig(epsilon=extra.dp_epsilon)
 
-        def dp_teacher(run: int) -> tuple[Teacher, Path, float, str, dict[str, float]]:
-            """Train DP teacher ``run`` (fresh noise) and score its posterior and prior rows."""
+        def dp_teacher(run: int) -> tuple[Teacher, float, str, dict[str, float]]:
+            """Train DP teacher ``run`` (fresh noise) and score its rows and its student's.
+
+            Its posterior and prior rows, and those of a student distilled from it over prior
+            latents (the fully DP path), so each training's spread shows in all three.
+            """
             out = work / f"teacher-dp-{run}"
             _, seconds = timed(functools.partial(
                 train_teacher, train, schema, dataset.name, settings, weight=weight, out=out, dp=dp
@@ -136,17 +141,17 @@ def run(
             score(f"{label}, prior latents", f"dp-teacher-prior{suffix}",
                   functools.partial(teacher_samples, teacher, len(train), latent_mode="prior"),
                   {"train": seconds}, **spent, latent_release=0.0)  # fmt: skip
-            return teacher, out, seconds, label, spent
+            (work / f"dp-student-{run}").mkdir()
+            student, distill_seconds = two_party_student(
+                out, work / f"dp-student-{run}", settings, LatentReleaseSettings(mode="prior")
+            )
+            score(f"two-party student of the {label}, prior latents", f"dp-student-prior{suffix}",
+                  functools.partial(student_samples, student, len(train)),
+                  {"train": seconds, "distill": distill_seconds},
+                  **spent, latent_release=0.0)  # fmt: skip
+            return teacher, seconds, label, spent
 
-        private, dp_dir, dp_seconds, label, spent = dp_teacher(1)
-        (work / "dp-student").mkdir()
-        dp_student, dp_distill_seconds = two_party_student(
-            dp_dir, work / "dp-student", settings, LatentReleaseSettings(mode="prior")
-        )
-        score(f"two-party student of the {label}, prior latents", "dp-student-prior",
-              functools.partial(_student_rows, dp_student, len(train)),
-              {"train": dp_seconds, "distill": dp_distill_seconds},
-              **spent, latent_release=0.0)  # fmt: skip
+        private, dp_seconds, label, spent = dp_teacher(1)
         for sigma in extra.latent_sigmas:
             gaussian = GaussianLatentSettings(
                 noise_multiplier=sigma,
@@ -177,11 +182,6 @@ def run(
         "rows": rows,
         "provenance": torch_provenance(),
     }
-
-
-def _student_rows(student: Any, rows: int, seed: int) -> pd.DataFrame:
-    frame: pd.DataFrame = student.sample(rows, seed=seed)
-    return frame
 
 
 def _positive_int(text: str) -> int:

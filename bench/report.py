@@ -293,9 +293,13 @@ def _privacy_bench_section(document: dict[str, Any]) -> list[str]:
 
 
 def _dp_trainings_line(rows: list[dict[str, Any]]) -> list[str]:
-    """DPR of every DP training's posterior and prior rows, when more than one was trained."""
+    """DPR of every DP training's rows of each kind, when more than one was trained."""
     spread = []
-    for what, method in (("posterior", "dp-teacher"), ("prior", "dp-teacher-prior")):
+    for what, method in (
+        ("posterior", "dp-teacher"),
+        ("prior", "dp-teacher-prior"),
+        ("student", "dp-student-prior"),
+    ):
         dprs = [r["report"]["dpr"] for r in rows if r["method"] in (method, f"{method}-rerun")]
         if len(dprs) > 1:
             listed = ", ".join(f"{dpr:.3f}" for dpr in dprs)

@@ -135,6 +135,7 @@ def test_privacy_benchmark_scores_every_way_of_serving_and_states_each_epsilon(
     assert list(rows) == [
         "real", "teacher", "student", "dp-teacher", "dp-teacher-prior", "dp-student-prior",
         "dp-teacher-gaussian", "dp-teacher-rerun", "dp-teacher-prior-rerun",
+        "dp-student-prior-rerun",
     ]  # fmt: skip
     assert rows["dp-teacher-rerun"]["name"].startswith("DP teacher #2 (epsilon")
     dp = document["dp_teacher"]
@@ -151,3 +152,8 @@ def test_privacy_benchmark_scores_every_way_of_serving_and_states_each_epsilon(
     assert f"| {rows['dp-student-prior']['name']} | {dp['epsilon']:.2f} |" in page
     reruns = rows["dp-teacher"]["report"]["dpr"], rows["dp-teacher-rerun"]["report"]["dpr"]
     assert f"posterior rows {reruns[0]:.3f}, {reruns[1]:.3f} (mean " in page
+    students = (
+        rows["dp-student-prior"]["report"]["dpr"],
+        rows["dp-student-prior-rerun"]["report"]["dpr"],
+    )
+    assert f"student rows {students[0]:.3f}, {students[1]:.3f} (mean " in page
