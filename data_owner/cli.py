@@ -7,6 +7,7 @@ import datetime
 import json
 import logging
 import math
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -438,6 +439,15 @@ def _ledger_prune(args: argparse.Namespace) -> int:
     cutoff = time.time() - args.older_than * 86400
     with Ledger.open(path) as ledger:
         pruned = ledger.prune(completed_before=cutoff)
+        try:
+            freed = ledger.compact()
+        except sqlite3.OperationalError as exc:  # pruned all the same: say so, exit 0
+            freed = None
+            logger.warning(
+                "the ledger file was not compacted (%s); the pruned answers' space is reused by "
+                "later answers, and the next prune tries again",
+                exc,
+            )
     for group in pruned:
         print(
             f"{group.identity} {group.method}: {group.answers} answers, {group.answer_bytes} "
@@ -447,6 +457,7 @@ def _ledger_prune(args: argparse.Namespace) -> int:
     print(
         f"pruned {sum(g.answers for g in pruned)} stored answers completed before "
         f"{when:%Y-%m-%d %H:%M} UTC from {path}; a retry of their request ids is refused"
+        + ("" if freed is None else f"; {freed} bytes returned to the disk")
     )
     return 0
 

@@ -347,6 +347,23 @@ class Ledger(ClosesOnExit):
             for identity, method, n, rows, size in found
         ]
 
+    def compact(self) -> int:
+        """Give the space of deleted answers back to the file system; returns the bytes freed.
+
+        Deleting rows only marks their pages free for later answers, so after ``prune`` the file
+        is as large as before. VACUUM rewrites it without them; it needs free disk about the
+        size of the ledger and raises ``sqlite3.OperationalError`` (nothing lost) where there is
+        none. A daemon serving the same file waits for it at most the busy timeout.
+        """
+        db = self._db()
+        free_pages, page_size = (
+            int(db.execute(f"PRAGMA {name}").fetchone()[0])
+            for name in ("freelist_count", "page_size")
+        )
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the rewrite passes through the WAL file
+        return free_pages * page_size
+
     def close(self) -> None:
         """Close every thread's connection; the ledger cannot be used afterwards."""
         with self._lock:

@@ -58,6 +58,30 @@ def test_prune_forgets_old_answers_keeps_charges_and_says_what_went(tmp_path: Pa
         assert caught.value.code is ErrorCode.ANSWER_PRUNED
 
 
+def test_prune_gives_the_pruned_answers_space_back_to_the_disk(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILE
+    answer = bytes(range(256)) * 4096  # 1 MiB each, which SQLite keeps in its own pages
+    with Ledger.open(path, clock=lambda: time.time() - 10 * DAY) as ledger:
+        for n in range(4):
+            request_id = f"big-{n}"
+            digest = payload_digest(request_id.encode())
+            ledger.reserve(ACME, "Decode", request_id, request_hash=digest, rows=1, limit=100)
+            ledger.complete(ACME, request_id, answer)
+    before = path.stat().st_size
+    assert before > 4 * len(answer)
+
+    result = run("owner", "ledger", "prune", "--state-dir", str(tmp_path), "--older-than", "7")
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"; (\d+) bytes returned to the disk$", result.stdout.strip())
+    assert found is not None, result.stdout
+    freed = int(found.group(1))
+    after = path.stat().st_size
+    assert freed >= 4 * len(answer)
+    assert after < before - 4 * len(answer)
+    with Ledger.open(path) as ledger:
+        assert ledger.used(ACME, "Decode") == 4  # charges survive the rewrite
+
+
 def test_prune_needs_the_daemons_ledger_and_never_makes_one(tmp_path: Path) -> None:
     nowhere = tmp_path / "nowhere"
     result = run("owner", "ledger", "prune", "--state-dir", str(nowhere), "--older-than", "7")
