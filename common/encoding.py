@@ -5,26 +5,27 @@ block); the sensitive column is kept apart as an index into its categories, beca
 model conditions on it rather than reconstructing it.
 
 - A numeric column is one value: a quantile transform onto a standard normal. Its knots are
-  observed values (every distinct value when there are at most ``n_quantiles`` of them), each
-  mapped to the normal score of its mid-rank; values in between are interpolated linearly and
-  decoding clips to the knot range. Scores are stored as float32 numbers, so a knot value
-  survives a float32 model vector exactly; integer columns are rounded on decoding, which is
-  exact while neighbouring knots are less than about 50,000 apart.
+  observed values (every distinct value when there are at most ``n_quantiles`` of them; else
+  each value many rows share, and quantiles of the rest), each holding the interval of normal
+  scores its share of the rows spans; values in between are interpolated linearly, and decoding
+  maps a knot's whole interval back to the knot and clips to the knot range. Scores are stored
+  as float32 numbers, so a knot value survives a float32 model vector exactly; integer columns
+  are rounded on decoding, which is exact while neighbouring knots are less than about 50,000
+  apart.
 - A numeric column with missing values adds a two-slot block (present, missing); the median
   stands in for a missing value in the numeric slot.
 - A categorical column is a one-hot block, with a last slot for missing when it occurs.
 
 Privacy note: the state (``to_dict``) reveals statistics of the training table, namely the
-knots (including each numeric column's minimum, maximum and median), every category seen and
-the sensitive groups' proportions. It is shared with the consumer by design; do not fit it on
-data whose ranges are themselves secret.
+knots and their shares of the rows (including each numeric column's minimum, maximum and
+median), every category seen and the sensitive groups' proportions. It is shared with the
+consumer by design; do not fit it on data whose ranges are themselves secret.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Literal, cast
 
 import numpy as np
@@ -32,11 +33,13 @@ import numpy.typing as npt
 import pandas as pd
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.quantile_normal import FloatArray, QuantileNormal
 from fair4free.common.schema import Category, ColumnKind, ColumnSpec, TableSchema
+from fair4free.common.stored_state import corrupt, fields, float_list
 
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2
+"""Version 2 added each numeric knot's CDF shares (``QuantileNormal``); version 1 still loads."""
 BlockKind = Literal["numeric", "categorical", "missing"]
-FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]
 
 
@@ -53,77 +56,6 @@ class Block:
     def width(self) -> int:
         """Number of slots, which loss functions need to pick the right activation."""
         return self.stop - self.start
-
-
-@dataclass(frozen=True, kw_only=True)
-class QuantileNormal:
-    """A monotone piecewise-linear map of one numeric column onto normal scores.
-
-    Models learn a bounded, bell-shaped value more easily than a skewed raw one; the map is
-    invertible between the knots, so decoding gives values in the column's own range.
-    """
-
-    knots: tuple[float, ...]
-    scores: tuple[float, ...]
-    fill: float
-
-    @classmethod
-    def fit(cls, values: FloatArray, n_quantiles: int) -> QuantileNormal:
-        """Fit on one column's observed values (missing ones are imputed, never fitted)."""
-        ordered = np.sort(values)
-        distinct = np.unique(ordered)
-        if len(distinct) > n_quantiles:
-            levels = np.linspace(0.0, 1.0, n_quantiles)
-            distinct = np.unique(np.quantile(ordered, levels, method="inverted_cdf"))
-        below = np.searchsorted(ordered, distinct, side="left")
-        upto = np.searchsorted(ordered, distinct, side="right")
-        mid_ranks = (below + upto) / (2.0 * len(ordered))
-        normal = NormalDist()
-        scores = np.array([normal.inv_cdf(p) for p in mid_ranks], dtype=np.float32)
-        for i in range(1, len(scores)):  # float32 rounding may tie neighbours in far tails
-            if scores[i] <= scores[i - 1]:
-                scores[i] = np.nextafter(scores[i - 1], np.float32(np.inf))
-        return cls(
-            knots=tuple(float(k) for k in distinct),
-            scores=tuple(float(z) for z in scores),
-            fill=float(np.median(ordered)),
-        )
-
-    def forward(self, values: FloatArray) -> FloatArray:
-        """Map values to normal scores; values beyond the knots get the end scores.
-
-        Interpolation between knots far apart can round a hair past the next knot's score
-        (measured: 2.2e-16 at 0.0 between knots -841433 and 3.9e-19); clipping each value to the
-        scores of its bracketing knots keeps the transform exactly monotone.
-        """
-        knots = np.asarray(self.knots)
-        scores = np.asarray(self.scores)
-        upper = np.searchsorted(knots, values, side="left").clip(0, len(knots) - 1)
-        lower = np.searchsorted(knots, values, side="right").clip(1, len(knots)) - 1
-        mapped: FloatArray = np.clip(np.interp(values, knots, scores), scores[lower], scores[upper])
-        return mapped
-
-    def inverse(self, scores: FloatArray) -> FloatArray:
-        """Map normal scores back to values, clipped to the knot range."""
-        return np.interp(scores, self.scores, self.knots)
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-safe state: the knots and their scores as lists."""
-        return {"knots": list(self.knots), "scores": list(self.scores), "fill": self.fill}
-
-    @classmethod
-    def from_dict(cls, data: object, where: str) -> QuantileNormal:
-        """Rebuild from ``to_dict`` output, naming the damaged field on failure."""
-        obj = _fields(data, where, ("knots", "scores", "fill"))
-        knots = _float_list(obj["knots"], f"{where}.knots")
-        scores = _float_list(obj["scores"], f"{where}.scores")
-        fill = _float_list([obj["fill"]], f"{where}.fill")[0]
-        if not knots or len(knots) != len(scores):
-            raise _corrupt(f"{where}.scores", "must match the knots one to one")
-        for name, seq in (("knots", knots), ("scores", scores)):
-            if any(b <= a for a, b in zip(seq, seq[1:], strict=False)):
-                raise _corrupt(f"{where}.{name}", "must be strictly increasing")
-        return cls(knots=tuple(knots), scores=tuple(scores), fill=fill)
 
 
 class TableEncoder:
@@ -272,8 +204,9 @@ class TableEncoder:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-safe state including the schema, so the consumer can decode without the data."""
+        legacy = any(not t.below for t in self._transforms.values())  # read from version 1
         return {
-            "version": ENCODING_VERSION,
+            "version": 1 if legacy else ENCODING_VERSION,
             "schema": self._schema.to_dict(),
             "numeric": {name: t.to_dict() for name, t in self._transforms.items()},
             "sensitive_marginal": list(self._marginal),
@@ -282,22 +215,25 @@ class TableEncoder:
     @classmethod
     def from_dict(cls, data: object) -> TableEncoder:
         """Rebuild an encoder from ``to_dict`` output, rejecting damage by field name."""
-        obj = _fields(data, "encoding", ("version", "schema", "numeric", "sensitive_marginal"))
-        if obj["version"] != ENCODING_VERSION:
+        obj = fields(data, "encoding", ("version", "schema", "numeric", "sensitive_marginal"))
+        version = obj["version"]
+        if version not in (1, ENCODING_VERSION) or isinstance(version, bool):
             raise Fair4FreeError(
                 ErrorCode.ARTIFACT_VERSION,
-                f"encoding version {obj['version']!r} is not the supported {ENCODING_VERSION}",
+                f"encoding version {version!r} is not a supported one (1 to {ENCODING_VERSION})",
             )
         schema = TableSchema.from_dict(obj["schema"])
         numeric = [s.name for s in schema.feature_columns if s.kind is ColumnKind.NUMERIC]
-        states = _fields(obj["numeric"], "encoding.numeric", tuple(numeric))
+        states = fields(obj["numeric"], "encoding.numeric", tuple(numeric))
         transforms = {
-            name: QuantileNormal.from_dict(states[name], f"encoding.numeric.{name}")
+            name: QuantileNormal.from_dict(
+                states[name], f"encoding.numeric.{name}", with_shares=version != 1
+            )
             for name in numeric
         }
-        marginal = _float_list(obj["sensitive_marginal"], "encoding.sensitive_marginal")
+        marginal = float_list(obj["sensitive_marginal"], "encoding.sensitive_marginal")
         if len(marginal) != len(schema.sensitive_column.categories) or any(p < 0 for p in marginal):
-            raise _corrupt(
+            raise corrupt(
                 "encoding.sensitive_marginal", "must give one probability per sensitive group"
             )
         return cls(schema, transforms, marginal)
@@ -400,30 +336,3 @@ def _numeric_series(
 
 def _tensor(detail: str) -> Fair4FreeError:
     return Fair4FreeError(ErrorCode.TENSOR_INVALID, detail)
-
-
-def _corrupt(where: str, detail: str) -> Fair4FreeError:
-    return Fair4FreeError(ErrorCode.ARTIFACT_CORRUPT, f"{where}: {detail}")
-
-
-def _fields(data: object, where: str, keys: Sequence[str]) -> Mapping[str, object]:
-    if not isinstance(data, Mapping):
-        raise _corrupt(where, "must be an object")
-    missing = [key for key in keys if key not in data]
-    extra = sorted(str(key) for key in data if key not in keys)
-    if missing:
-        raise _corrupt(f"{where}.{missing[0]}", "is missing")
-    if extra:
-        raise _corrupt(f"{where}.{extra[0]}", "is not a known field")
-    return data
-
-
-def _float_list(data: object, where: str) -> list[float]:
-    if not isinstance(data, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in data
-    ):
-        raise _corrupt(where, "must be a list of numbers")
-    values = [float(v) for v in data]
-    if not all(np.isfinite(values)):
-        raise _corrupt(where, "must hold finite numbers")
-    return values

@@ -8,15 +8,16 @@ value spellings, dtypes and missing-value token. Files are read and written by `
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.stored_state import corrupt, fields, typed
 
 Category = str | int | float | bool
 """A categorical value in its original Python type (never a numpy scalar)."""
@@ -24,7 +25,6 @@ Category = str | int | float | bool
 SCHEMA_VERSION = 1
 MAX_CATEGORIES = 1000
 _CATEGORY_TYPES: tuple[type, ...] = (str, int, float, bool)
-_T = TypeVar("_T")
 
 
 class ColumnKind(Enum):
@@ -206,86 +206,62 @@ class TableSchema:
     @classmethod
     def from_dict(cls, data: object) -> TableSchema:
         """Rebuild a schema from ``to_dict`` output, rejecting anything damaged by field name."""
-        obj = _mapping(
+        obj = fields(
             data,
             "schema",
             {"version", "columns", "target", "sensitive", "positive_class", "missing_token"},
         )
-        version = _typed(obj, "version", int, "schema")
+        version = typed(obj, "version", int, "schema")
         if version != SCHEMA_VERSION:
             raise Fair4FreeError(
                 ErrorCode.ARTIFACT_VERSION,
                 f"schema version {version} is not the supported version {SCHEMA_VERSION}",
             )
-        raw_columns = _typed(obj, "columns", list, "schema")
+        raw_columns = typed(obj, "columns", list, "schema")
         columns = tuple(
             _column_from_dict(item, f"schema.columns[{i}]") for i, item in enumerate(raw_columns)
         )
         if type(obj["positive_class"]) not in _CATEGORY_TYPES:
-            raise _corrupt("schema.positive_class", "must be a str, int, float or bool")
+            raise corrupt("schema.positive_class", "must be a str, int, float or bool")
         positive = cast(Category, obj["positive_class"])
         try:
             return cls(
                 columns=columns,
-                target=_typed(obj, "target", str, "schema"),
-                sensitive=_typed(obj, "sensitive", str, "schema"),
+                target=typed(obj, "target", str, "schema"),
+                sensitive=typed(obj, "sensitive", str, "schema"),
                 positive_class=positive,
-                missing_token=_typed(obj, "missing_token", str, "schema"),
+                missing_token=typed(obj, "missing_token", str, "schema"),
             )
         except Fair4FreeError as error:
-            raise _corrupt("schema", error.detail) from None
-
-
-def _corrupt(where: str, detail: str) -> Fair4FreeError:
-    return Fair4FreeError(ErrorCode.ARTIFACT_CORRUPT, f"{where}: {detail}")
-
-
-def _mapping(data: object, where: str, keys: set[str]) -> Mapping[str, object]:
-    if not isinstance(data, Mapping) or not all(isinstance(key, str) for key in data):
-        raise _corrupt(where, "must be an object with string keys")
-    missing = sorted(keys - set(data))
-    extra = sorted(set(data) - keys)
-    if missing:
-        raise _corrupt(f"{where}.{missing[0]}", "is missing")
-    if extra:
-        raise _corrupt(f"{where}.{extra[0]}", "is not a known field")
-    return data
-
-
-def _typed(obj: Mapping[str, object], key: str, kind: type[_T], where: str) -> _T:
-    value = obj[key]
-    # bool is an int subclass; a JSON true must not pass for a number.
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise _corrupt(f"{where}.{key}", f"must be {kind.__name__}, found {type(value).__name__}")
-    return value
+            raise corrupt("schema", error.detail) from None
 
 
 def _column_from_dict(data: object, where: str) -> ColumnSpec:
-    obj = _mapping(data, where, {"name", "kind", "role", "integer", "has_missing", "categories"})
-    kind_text = _typed(obj, "kind", str, where)
-    role_text = _typed(obj, "role", str, where)
+    obj = fields(data, where, {"name", "kind", "role", "integer", "has_missing", "categories"})
+    kind_text = typed(obj, "kind", str, where)
+    role_text = typed(obj, "role", str, where)
     try:
         kind = ColumnKind(kind_text)
     except ValueError:
-        raise _corrupt(f"{where}.kind", f"unknown kind {kind_text!r}") from None
+        raise corrupt(f"{where}.kind", f"unknown kind {kind_text!r}") from None
     try:
         role = ColumnRole(role_text)
     except ValueError:
-        raise _corrupt(f"{where}.role", f"unknown role {role_text!r}") from None
-    categories = _typed(obj, "categories", list, where)
+        raise corrupt(f"{where}.role", f"unknown role {role_text!r}") from None
+    categories = typed(obj, "categories", list, where)
     if any(type(value) not in _CATEGORY_TYPES for value in categories):
-        raise _corrupt(f"{where}.categories", "values must be str, int, float or bool")
+        raise corrupt(f"{where}.categories", "values must be str, int, float or bool")
     try:
         return ColumnSpec(
-            name=_typed(obj, "name", str, where),
+            name=typed(obj, "name", str, where),
             kind=kind,
             role=role,
-            integer=_typed(obj, "integer", bool, where),
-            has_missing=_typed(obj, "has_missing", bool, where),
+            integer=typed(obj, "integer", bool, where),
+            has_missing=typed(obj, "has_missing", bool, where),
             categories=tuple(categories),
         )
     except Fair4FreeError as error:
-        raise _corrupt(where, error.detail) from None
+        raise corrupt(where, error.detail) from None
 
 
 def _contains(categories: Iterable[Category], value: object) -> bool:

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fair4free.common.encoding import Block, QuantileNormal, TableEncoder
+from fair4free.common.encoding import Block, TableEncoder
 from fair4free.common.errors import ErrorCode, Fair4FreeError
+from fair4free.common.quantile_normal import QuantileNormal
 from fair4free.common.schema import TableSchema, infer_schema
 from fair4free.common.table_io import detect_missing_token, read_table, write_table
 
@@ -225,6 +226,16 @@ def _state() -> dict[str, Any]:
             r"numeric\.k\.scores: must match the knots",
         ),
         (
+            lambda d: d["numeric"]["n"].update(upto=list(reversed(d["numeric"]["n"]["upto"]))),
+            ErrorCode.ARTIFACT_CORRUPT,
+            r"numeric\.n\.upto: must give each knot a share interval",
+        ),
+        (
+            lambda d: d["numeric"]["n"].pop("below"),
+            ErrorCode.ARTIFACT_CORRUPT,
+            r"numeric\.n\.below: is missing",
+        ),
+        (
             lambda d: d["numeric"]["k"].update(fill="x"),
             ErrorCode.ARTIFACT_CORRUPT,
             r"numeric\.k\.fill: must be a list of numbers",
@@ -278,3 +289,56 @@ def test_integer_columns_round_trip_exactly(values: list[int]) -> None:
     frame.loc[0, "t"], frame.loc[1, "t"] = 0, 1
     encoder = TableEncoder.fit(frame, infer_schema(frame, target="t", sensitive="s"))
     pd.testing.assert_frame_equal(encoder.decode(*encoder.encode(frame)), frame)
+
+
+def test_decoding_normal_scores_reproduces_a_column_with_a_point_mass() -> None:
+    """Scores drawn from N(0, 1) decode to the column's own distribution, its spike included.
+
+    Nine rows in ten hold 0 (like Adult's capital-gain): every score up to the 90th percentile
+    decodes to exactly 0, where interpolating between the knots' middle scores decoded only the
+    scores below the 45th percentile to 0 and the rest to values no row has.
+    """
+    rng = np.random.default_rng(0)
+    values = np.where(rng.random(20_000) < 0.9, 0.0, np.round(rng.lognormal(8, 1, 20_000)))
+    transform = QuantileNormal.fit(values, 64)
+    decoded = transform.inverse(rng.standard_normal(50_000))
+    assert np.mean(decoded == 0.0) == pytest.approx(np.mean(values == 0.0), abs=0.01)
+    for q in (0.92, 0.95, 0.97, 0.99, 0.995):
+        assert np.quantile(decoded, q) == pytest.approx(np.quantile(values, q), rel=0.05)
+    assert transform.inverse(np.array([1.2]))[0] == 0.0  # blurred toward the spike: still 0
+
+
+def test_spikes_take_one_knot_each_and_leave_the_rest_to_the_other_rows() -> None:
+    """A column with shared values still gets its full number of knots, spread over the rest.
+
+    Quantiles of all rows would put 58 of 64 levels on the 0 held by 90% of the rows, and
+    collapse to a handful of knots; here 0 and 40 are knots and the remaining 62 are quantiles of
+    the other rows, so the decoded tail is as fine as that of a column without the spikes.
+    """
+    rng = np.random.default_rng(1)
+    tail = np.round(rng.lognormal(6, 1, 5_000))
+    values = np.concatenate([np.zeros(40_000), np.full(5_000, 40.0), tail])
+    transform = QuantileNormal.fit(values, 64)
+    knots = np.asarray(transform.knots)
+    assert len(knots) == 64 and {0.0, 40.0} <= set(knots) and set(knots) <= set(values)
+    assert knots[-1] == values.max()
+    others = np.sort(values[(values != 0.0) & (values != 40.0)])
+    inner = knots[(knots != 0.0) & (knots != 40.0)]
+    np.testing.assert_array_equal(
+        inner, np.unique(np.quantile(others, np.linspace(0, 1, 62), method="inverted_cdf"))
+    )
+
+
+def test_a_version_1_encoding_loads_and_decodes_as_it_did() -> None:
+    """Model directories written before the CDF shares keep decoding between middle scores."""
+    state = _state()
+    state["version"] = 1
+    for numeric in state["numeric"].values():
+        del numeric["below"], numeric["upto"]
+    encoder = TableEncoder.from_dict(state)
+    assert encoder.to_dict() == state  # written back as version 1, unchanged
+    knots, middles = (np.asarray(state["numeric"]["n"][key]) for key in ("knots", "scores"))
+    between = (middles[:-1] + middles[1:]) / 2
+    transform = QuantileNormal.from_dict(state["numeric"]["n"], "n", with_shares=False)
+    np.testing.assert_allclose(transform.inverse(between), np.interp(between, middles, knots))
+    np.testing.assert_allclose(transform.forward(knots), middles)
