@@ -98,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--latent-alignment",
         choices=LATENT_ALIGNMENTS,
-        help="serve latents in which every group is N(0, I), labels read group-blind (default: "
-        "groups under --dp-epsilon, in private form inside the same epsilon; none without)",
+        default="groups",
+        help="groups (default): serve latents in which every group is N(0, I) and read labels "
+        "group-blind, from private moments inside the same epsilon under --dp-epsilon; none: "
+        "serve the posterior space as trained",
     )
     train.add_argument("--dp-epsilon", type=float, help="DP-SGD to this epsilon (docs/privacy.md)")
     train.add_argument("--dp-delta", type=float, help="default: 1/(10 rows), a power of ten")

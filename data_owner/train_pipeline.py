@@ -46,7 +46,7 @@ def train_to_directory(
     fair_labels: FairLabels | None = None,
     split: HoldoutSplit | None = None,
     dp: DPConfig | None = None,
-    latent_alignment: LatentAlignment | None = None,
+    latent_alignment: LatentAlignment = "groups",
 ) -> str:
     """Train a teacher on ``frame`` and save it to ``out``; returns the content hash.
 
@@ -54,12 +54,10 @@ def train_to_directory(
     ``holdout.py``); the release check and the Evaluate RPC find the hold-out through it.
     ``dp`` trains with DP-SGD (``dp_training.py``) and records the spent budget under
     ``privacy``; ``fair_labels`` None means massaging, in its private form under DP
-    (``dp_massaging.py``), whose cost is part of the epsilon. ``latent_alignment`` None means
-    group alignment (``group_alignment.py``) under DP, in its private form, and none without.
+    (``dp_massaging.py``), whose cost is part of the epsilon. ``latent_alignment`` "groups"
+    serves group-aligned latents (``group_alignment.py``), in its private form under DP.
     """
     fair_labels = "massage" if fair_labels is None else fair_labels
-    if latent_alignment is None:
-        latent_alignment = "none" if dp is None else "groups"
     massaging: dict[str, Any] | None = None
     others: list[NamedMechanisms] = []
     if fair_labels == "massage" and dp is None:

@@ -183,10 +183,12 @@ def test_a_directory_from_before_the_bank_held_groups_still_loads(
 ) -> None:
     artifact = read_artifact(teacher_dir, kind=TEACHER_KIND, format_version=TEACHER_FORMAT_VERSION)
     posterior = {k: v for k, v in artifact.weights["posterior"].items() if k != "sensitive"}
+    weights = {k: v for k, v in artifact.weights.items() if k != "alignment"}  # none back then
     older = tmp_path / "older"
     write_artifact(
         older, kind=TEACHER_KIND, format_version=TEACHER_FORMAT_VERSION,
-        metadata=artifact.metadata, weights={**artifact.weights, "posterior": posterior},
+        metadata={**artifact.metadata, "latent_alignment": "none"},
+        weights={**weights, "posterior": posterior},
     )  # fmt: skip
     teacher = load_teacher(older)
     assert teacher.alignment is None

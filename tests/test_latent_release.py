@@ -465,7 +465,9 @@ def test_posterior_draws_are_widened_by_isotropic_noise(teacher: Teacher) -> Non
     rows = 200_000
     latents = queries.sample_latents(teacher, rows, np.random.default_rng(5))
     index = np.random.default_rng(5).integers(0, teacher.posterior_mu.shape[0], size=rows)
-    residual = latents - teacher.posterior_mu[index]  # an unaligned teacher serves z itself
+    if teacher.alignment is not None:  # served in the aligned space: back to the teacher's z
+        latents = teacher.alignment.feature_latents(latents, teacher.posterior_sensitive[index])
+    residual = latents - teacher.posterior_mu[index]
     variance = np.exp(teacher.posterior_logvar[index].astype(np.float64))
     widened = residual / np.sqrt(variance + queries.POSTERIOR_WIDENING**2)
     assert widened.mean() == pytest.approx(0.0, abs=0.01)
