@@ -49,7 +49,7 @@ from bench.provenance import timed
 from fair4free.common.cli_support import configure_logging, run_cli
 from fair4free.consumer.distillation import DistillConfig
 from fair4free.data_owner import datasets, queries
-from fair4free.data_owner.dp_training import DPConfig
+from fair4free.data_owner.dp_training import DPConfig, default_for
 from fair4free.data_owner.latent_release import (
     DEFAULT_DELTA,
     GaussianLatentSettings,
@@ -95,9 +95,16 @@ def run(
     weight = settings.default_weight
 
     def score(
-        name: str, method: str, make: Any, seconds: dict[str, float], **epsilon: float
+        name: str,
+        method: str,
+        make: Any,
+        seconds: dict[str, float],
+        fairness_weight: float = weight,
+        **epsilon: float,
     ) -> None:
-        row: Row = score_table(name, method, weight, make, seconds, train, test, schema, settings)
+        row: Row = score_table(
+            name, method, fairness_weight, make, seconds, train, test, schema, settings
+        )
         rows.append({**dataclasses.asdict(row), "epsilon": epsilon})
 
     score("real training rows", "real", None, {})
@@ -117,6 +124,8 @@ def run(
               {"train": plain_seconds, "distill": distill_seconds})  # fmt: skip
 
         dp = DPConfig(epsilon=extra.dp_epsilon)
+        dp_weight = default_for("fairness_weight", dp, None)  # what `train --dp-epsilon` uses
+        dp_score = functools.partial(score, fairness_weight=dp_weight)
 
         def dp_teacher(run: int) -> tuple[Teacher, float, str, dict[str, float]]:
             """Train DP teacher ``run`` (fresh noise) and score its rows and its student's.
@@ -126,29 +135,31 @@ def run(
             """
             out = work / f"teacher-dp-{run}"
             _, seconds = timed(functools.partial(
-                train_teacher, train, schema, dataset.name, settings, weight=weight, out=out, dp=dp
+                train_teacher, train, schema, dataset.name, settings, weight=dp_weight, out=out,
+                dp=dp,
             ))  # fmt: skip
             teacher = load_teacher(out)
             guarantee = teacher_guarantee(teacher.metadata)
             assert guarantee is not None  # the DP teacher records what it spent
             which = "" if run == 1 else f" #{run}"
-            label = f"DP teacher{which} (epsilon {guarantee.epsilon:.2f})"
+            label = f"DP teacher{which} (epsilon {guarantee.epsilon:.2f}, weight {dp_weight:g})"
             suffix = "" if run == 1 else "-rerun"
             spent = {"teacher": guarantee.epsilon}
-            score(f"{label}, posterior latents", f"dp-teacher{suffix}",
-                  functools.partial(teacher_samples, teacher, len(train)),
-                  {"train": seconds}, **spent)  # fmt: skip
-            score(f"{label}, prior latents", f"dp-teacher-prior{suffix}",
-                  functools.partial(teacher_samples, teacher, len(train), latent_mode="prior"),
-                  {"train": seconds}, **spent, latent_release=0.0)  # fmt: skip
+            dp_score(f"{label}, posterior latents", f"dp-teacher{suffix}",
+                     functools.partial(teacher_samples, teacher, len(train)),
+                     {"train": seconds}, **spent)  # fmt: skip
+            dp_score(f"{label}, prior latents", f"dp-teacher-prior{suffix}",
+                     functools.partial(teacher_samples, teacher, len(train), latent_mode="prior"),
+                     {"train": seconds}, **spent, latent_release=0.0)  # fmt: skip
             (work / f"dp-student-{run}").mkdir()
             student, distill_seconds = two_party_student(
                 out, work / f"dp-student-{run}", settings, LatentReleaseSettings(mode="prior")
             )
-            score(f"two-party student of the {label}, prior latents", f"dp-student-prior{suffix}",
-                  functools.partial(student_samples, student, len(train)),
-                  {"train": seconds, "distill": distill_seconds},
-                  **spent, latent_release=0.0)  # fmt: skip
+            dp_score(f"two-party student of the {label}, prior latents",
+                     f"dp-student-prior{suffix}",
+                     functools.partial(student_samples, student, len(train)),
+                     {"train": seconds, "distill": distill_seconds},
+                     **spent, latent_release=0.0)  # fmt: skip
             return teacher, seconds, label, spent
 
         private, dp_seconds, label, spent = dp_teacher(1)
@@ -161,9 +172,9 @@ def run(
             _, release_epsilon = released_latents(
                 private, len(train), np.random.default_rng(0), gaussian
             )
-            score(f"{label}, Gaussian latents sigma {sigma:g}", "dp-teacher-gaussian",
-                  functools.partial(_gaussian_rows, private, gaussian, len(train)),
-                  {"train": dp_seconds}, **spent, latent_release=release_epsilon)  # fmt: skip
+            dp_score(f"{label}, Gaussian latents sigma {sigma:g}", "dp-teacher-gaussian",
+                     functools.partial(_gaussian_rows, private, gaussian, len(train)),
+                     {"train": dp_seconds}, **spent, latent_release=release_epsilon)  # fmt: skip
         dp_metadata = private.metadata["privacy"]["teacher"]
         for run in range(2, extra.dp_trainings + 1):  # how much one DP training differs
             dp_teacher(run)

@@ -203,8 +203,9 @@ NOTES = (
     "group; without s it drops every proxy, which cost COMPAS coverage and DPR at the same "
     "weight (commit abc33bc). The default fairness weight 5 is the highest that kept Adult AUROC "
     "and COMPAS coverage in this sweep.",
-    "- Labels are massaged before training (Kamiran and Calders 2012); weight 0 is therefore an "
-    "unfair VAE on fair labels, which is why its DPR can already be high.",
+    "- Labels are massaged before training (Kamiran and Calders 2012) and the latents are "
+    "aligned across groups (docs/privacy.md) at every weight; the row labelled unfair VAE "
+    "(weight 0) lacks only the latent penalty, which is why its DPR can already be high.",
     "",
 )
 

@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--numeric", type=_columns, default=(), help="force columns numeric (a,b)")
     train.add_argument("--positive-class", help="the target's positive class (default: minority)")
-    train.add_argument("--fairness-weight", type=float, default=TrainingConfig.fairness_weight)
+    train.add_argument("--fairness-weight", type=float,
+                       help=f"weight of the latent's independence of s (default "
+                            f"{TrainingConfig.fairness_weight:g}; "
+                            f"{DP_DEFAULTS['fairness_weight']:g} with --dp-epsilon)")  # fmt: skip
     train.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
     train.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
     train.add_argument("--learning-rate", type=float,
@@ -284,7 +287,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=default_for("learning_rate", dp, args.learning_rate),
-        fairness_weight=args.fairness_weight,
+        fairness_weight=default_for("fairness_weight", dp, args.fairness_weight),
         kl_weight=default_for("kl_weight", dp, args.kl_weight),
         seed=args.seed,
     )

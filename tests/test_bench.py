@@ -11,6 +11,7 @@ import pytest
 
 from bench.report import render_page
 from fair4free.data_owner.datasets import make_cohort
+from fair4free.data_owner.dp_training import DP_DEFAULTS
 from fair4free.data_owner.training import TrainingConfig
 
 ROOT = Path(__file__).parent.parent
@@ -138,6 +139,10 @@ def test_privacy_benchmark_scores_every_way_of_serving_and_states_each_epsilon(
         "dp-student-prior-rerun",
     ]  # fmt: skip
     assert rows["dp-teacher-rerun"]["name"].startswith("DP teacher #2 (epsilon")
+    # Each teacher trains at the weight `fair4free-owner train` would give it, with or without DP.
+    assert rows["teacher"]["fairness_weight"] == TrainingConfig.fairness_weight
+    for method in ("dp-teacher", "dp-student-prior", "dp-teacher-rerun", "dp-teacher-gaussian"):
+        assert rows[method]["fairness_weight"] == DP_DEFAULTS["fairness_weight"], method
     dp = document["dp_teacher"]
     assert dp["mechanism"] == "dp-sgd, dp label massaging and dp group alignment"
     assert dp["epsilon"] <= 8.0

@@ -29,6 +29,7 @@ from fair4free.data_owner.dp_training import (
     AdversarialFairVAE,
     DPConfig,
     default_delta,
+    default_for,
     train_teacher_dp,
 )
 from fair4free.data_owner.pki import PkiLayout
@@ -244,9 +245,17 @@ def test_the_installed_command_trains_without_massaging_or_alignment_when_told(
     assert not {"label_massaging", "group_alignment"} & set(metadata["privacy"]["teacher"])
     assert metadata["fair_labels"] == "none" and metadata["massaging"] is None
     assert metadata["latent_alignment"] == "none" and teacher.alignment is None
-    # Without --learning-rate and --kl-weight, DP-SGD takes its own defaults.
-    assert metadata["training_config"]["learning_rate"] == DP_DEFAULTS["learning_rate"] > 1e-3
-    assert metadata["training_config"]["kl_weight"] == DP_DEFAULTS["kl_weight"] > 0.1
+    # Without --learning-rate, --kl-weight and --fairness-weight, DP-SGD takes its own defaults.
+    config, plain = metadata["training_config"], TrainingConfig()
+    for setting in ("learning_rate", "kl_weight", "fairness_weight"):
+        assert config[setting] == DP_DEFAULTS[setting] > getattr(plain, setting), setting
+
+
+def test_a_setting_given_on_the_command_line_overrides_the_dp_default() -> None:
+    dp = DPConfig(epsilon=8.0)
+    assert default_for("fairness_weight", dp, 2.5) == 2.5
+    assert default_for("fairness_weight", dp, None) == DP_DEFAULTS["fairness_weight"]
+    assert default_for("fairness_weight", None, None) == TrainingConfig.fairness_weight
 
 
 def test_dp_without_opacus_says_how_to_install_it(
