@@ -80,24 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--numeric", type=_columns, default=(), help="force columns numeric (a,b)")
     train.add_argument("--positive-class", help="the target's positive class (default: minority)")
-    train.add_argument("--fairness-weight", type=float,
-                       help=f"weight of the latent's independence of s (default "
-                            f"{TrainingConfig.fairness_weight:g}; "
-                            f"{DP_DEFAULTS['fairness_weight']:g} with --dp-epsilon)")  # fmt: skip
     train.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
     train.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
-    train.add_argument("--learning-rate", type=float,
-                       help=f"Adam's step (default {TrainingConfig.learning_rate:g}; "
-                            f"{DP_DEFAULTS['learning_rate']:g} with --dp-epsilon)")  # fmt: skip
-    train.add_argument("--kl-weight", type=float,
-                       help=f"weight of the KL term (default {TrainingConfig.kl_weight:g}; "
-                            f"{DP_DEFAULTS['kl_weight']:g} with --dp-epsilon)")  # fmt: skip
-    train.add_argument(
-        "--fair-labels",
-        choices=["massage", "none"],
-        help="equalise positive rates across groups first (default: massage; under DP its "
-        "private form, inside the same epsilon)",
-    )
+    for setting, what in (
+        ("fairness_weight", "weight of the latent's independence of s"),
+        ("learning_rate", "Adam's step"),
+        ("kl_weight", "weight of the KL term"),
+    ):
+        train.add_argument(f"--{setting.replace('_', '-')}", type=float,
+                           help=f"{what} (default {getattr(TrainingConfig, setting):g}; "
+                                f"{DP_DEFAULTS[setting]:g} with --dp-epsilon)")  # fmt: skip
+    train.add_argument("--fair-labels", choices=["massage", "none"],
+                       help="equalise positive rates across groups first (default: massage; "
+                            "under DP its private form, inside the same epsilon)")  # fmt: skip
     train.add_argument(
         "--latent-alignment",
         choices=LATENT_ALIGNMENTS,
