@@ -202,7 +202,7 @@ NOTES = (
     "- The teacher's encoder sees s, so the latent can keep where a record stands within its "
     "group; without s it drops every proxy, which cost COMPAS coverage and DPR at the same "
     "weight (commit abc33bc). The default fairness weight 5 is the highest that kept Adult AUROC "
-    "and COMPAS coverage in this sweep.",
+    "and COMPAS coverage in this sweep; under DP the default is 10 (docs/privacy.md).",
     "- Labels are massaged before training (Kamiran and Calders 2012) and the latents are "
     "aligned across groups (docs/privacy.md) at every weight; the row labelled unfair VAE "
     "(weight 0) lacks only the latent penalty, which is why its DPR can already be high.",
