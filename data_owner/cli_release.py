@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fair4free.common.privacy_cli import format_privacy_table
 from fair4free.common.secure_files import PUBLIC_MODE, write_new_files
+from fair4free.data_owner.privacy_statement import LatentMode
 from fair4free.data_owner.registry import Teacher, load_teacher
 from fair4free.data_owner.release_check import (
     CHECKED_MODES,
@@ -71,10 +72,10 @@ def add_release_gate_option(serve: argparse.ArgumentParser) -> None:
     )
 
 
-def check_release_gate(args: argparse.Namespace, teacher: Teacher) -> None:
+def check_release_gate(args: argparse.Namespace, teacher: Teacher, served: LatentMode) -> None:
     """What ``serve`` runs before building the server; nothing without ``--release-gate``."""
     if args.release_gate is not None:
-        enforce_release_gate(args.release_gate, args.model, teacher, args.latent_release)
+        enforce_release_gate(args.release_gate, args.model, teacher, served)
 
 
 def _release_check(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import torch
 from opacus.accountants import RDPAccountant
 from opacus.grad_sample import GradSampleModule
 
-from conftest import CLIENT_NAME, UNLIMITED, Cohort, write_policy
+from conftest import CLIENT_NAME, UNLIMITED, Cohort, start_daemon, write_policy
 from fair4free.common.encoding import TableEncoder
 from fair4free.common.errors import ErrorCode, ExitCode, Fair4FreeError
 from fair4free.common.fairness_loss import distance_correlation, one_hot_sensitive
@@ -33,6 +33,7 @@ from fair4free.data_owner.dp_training import (
     train_teacher_dp,
 )
 from fair4free.data_owner.pki import PkiLayout
+from fair4free.data_owner.privacy_statement import LATENT_SENTENCES
 from fair4free.data_owner.registry import load_teacher
 from fair4free.data_owner.server import ServerConfig, build_server
 from fair4free.data_owner.teacher import FairVAE, TeacherConfig
@@ -138,6 +139,30 @@ def test_the_served_manifest_states_the_dp_guarantee(
     assert "trained with dp-sgd" in manifest.privacy_statement
     assert "teacher was trained without" not in manifest.privacy_statement
     assert "encoding in this manifest" in manifest.privacy_statement  # computed without DP
+
+
+@pytest.mark.parametrize(
+    ("flags", "mode"), [((), "prior"), (("--latent-release", "posterior"), "posterior")]
+)
+def test_serve_releases_prior_latents_of_a_dp_teacher_unless_told_otherwise(
+    flags: tuple[str, ...],
+    mode: str,
+    dp_teacher_dir: Path,
+    pki_dir: PkiLayout,
+    tmp_path: Path,
+) -> None:
+    write_policy(tmp_path / "policy.toml", UNLIMITED)
+    process, address = start_daemon(dp_teacher_dir, pki_dir, tmp_path, *flags)
+    try:
+        config = ClientConfig(server=address, tls=pki_dir.client_files(CLIENT_NAME))
+        with OwnerClient(config) as client:
+            manifest = client.manifest()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert LATENT_SENTENCES[mode] in manifest.privacy_statement
+    warned = "which no guarantee covers" in (tmp_path / "daemon.log").read_text()
+    assert warned == (mode == "posterior")  # told to serve what the guarantee does not cover
 
 
 def _gradients(module: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:

@@ -192,25 +192,29 @@ def serve_args(*flags: str) -> list[str]:
          ErrorCode.PRIVACY_SETTINGS_INVALID, "--latent-clip must be a finite number above 0"),
     ],
 )  # fmt: skip
-def test_flags_that_do_not_fit_are_refused(flags: list[str], code: ErrorCode, message: str) -> None:
+def test_flags_that_do_not_fit_are_refused(
+    flags: list[str], code: ErrorCode, message: str, teacher: Teacher
+) -> None:
     args = build_parser().parse_args(serve_args(*flags))
     with pytest.raises(Fair4FreeError, match=message) as caught:
-        lr.settings_from_args(args)
+        lr.settings_from_args(args, teacher.metadata)
     assert caught.value.code is code
 
 
-def test_flags_make_the_settings() -> None:
+def test_flags_make_the_settings(teacher: Teacher) -> None:
     args = build_parser().parse_args(serve_args(
         "--latent-release", "gaussian", "--latent-noise-multiplier", "4",
         "--latent-epsilon-limit", "2",
     ))  # fmt: skip
-    assert lr.settings_from_args(args) == lr.LatentReleaseSettings(
+    assert lr.settings_from_args(args, teacher.metadata) == lr.LatentReleaseSettings(
         mode="gaussian",
         gaussian=lr.GaussianLatentSettings(
             noise_multiplier=4, epsilon_limit=2, delta=lr.DEFAULT_DELTA
         ),
     )
-    assert lr.settings_from_args(build_parser().parse_args(serve_args())).mode == "posterior"
+    # A teacher trained without DP has no guarantee to keep: posterior draws unless told.
+    default = lr.settings_from_args(build_parser().parse_args(serve_args()), teacher.metadata)
+    assert default.mode == "posterior"
 
 
 def test_a_mode_without_its_settings_is_refused() -> None:
