@@ -464,8 +464,6 @@ def _ledger_prune(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     layout = pki.PkiLayout(args.pki)
-    teacher = load_teacher(args.model)
-    release = latent_release.settings_from_args(args, teacher.metadata)
     config = ServerConfig(
         policy=args.policy,
         state_dir=args.state_dir,
@@ -474,11 +472,12 @@ def _serve(args: argparse.Namespace) -> int:
         max_rows_per_call=args.max_rows_per_call,
         max_call_seconds=args.max_call_seconds,
         seed=args.seed,
-        latent_release=release,
+        latent_release=latent_release.settings_from_args(args),
         evaluation_data=args.evaluation_data,
         evaluation=owner_evaluation.settings_from_args(args),
     )
-    check_release_gate(args, teacher, release.mode)
+    teacher = load_teacher(args.model)
+    check_release_gate(args, teacher, config.latent_release.mode_for(teacher.metadata))
     daemon = build_server(teacher, tls=layout.server_files(), config=config)
     address = f"{config.listen.rpartition(':')[0]}:{daemon.port}"
     logger.info("serving model %s on %s (mutual TLS)", teacher.model_id, address)

@@ -51,7 +51,7 @@ KEY_BYTES: Final = 32
 _SCHEDULE_DOMAIN: Final = b"fair4free latent release schedule v1"
 
 GAUSSIAN_FLAGS_WITHOUT_GAUSSIAN: Final = (
-    "{flags} only apply with --latent-release gaussian, not with --latent-release {mode}"
+    "{flags} only apply with --latent-release gaussian, not with {chosen}"
 )
 GAUSSIAN_FLAGS_MISSING: Final = (
     "--latent-release gaussian needs {flags}: choose the noise and the epsilon limit on purpose"
@@ -96,13 +96,17 @@ class GaussianLatentSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class LatentReleaseSettings:
-    """How SampleLatents answers; ``gaussian`` is set exactly when the mode is gaussian."""
+    """How SampleLatents answers; ``gaussian`` is set exactly when the mode is gaussian.
 
-    mode: LatentMode = "posterior"
+    ``mode`` None is the served teacher's default (``default_latent_mode``), which ``mode_for``
+    resolves once the teacher is loaded.
+    """
+
+    mode: LatentMode | None = None
     gaussian: GaussianLatentSettings | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in LATENT_MODES:
+        if self.mode is not None and self.mode not in LATENT_MODES:
             raise Fair4FreeError(
                 ErrorCode.CONFIG_INVALID, f"--latent-release must be one of {LATENT_MODES}"
             )
@@ -111,6 +115,10 @@ class LatentReleaseSettings:
                 ErrorCode.CONFIG_INVALID,
                 f"latent release mode {self.mode!r} with gaussian settings {self.gaussian}",
             )
+
+    def mode_for(self, metadata: Mapping[str, Any]) -> LatentMode:
+        """The mode served for the teacher with ``metadata``: its default where none is set."""
+        return default_latent_mode(metadata) if self.mode is None else self.mode
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -328,13 +336,11 @@ def default_latent_mode(metadata: Mapping[str, Any]) -> LatentMode:
     return "posterior" if teacher_guarantee(metadata) is None else "prior"
 
 
-def settings_from_args(
-    args: argparse.Namespace, metadata: Mapping[str, Any]
-) -> LatentReleaseSettings:
-    """The settings the serve flags ask for, for the teacher with ``metadata``.
+def settings_from_args(args: argparse.Namespace) -> LatentReleaseSettings:
+    """The settings the serve flags ask for; gaussian flags need, and only fit, gaussian mode.
 
-    Without ``--latent-release``, that teacher's ``default_latent_mode``. Gaussian flags need,
-    and only fit, gaussian mode.
+    Without ``--latent-release`` the mode is left to the teacher (``mode_for``), which is
+    never gaussian, so the flags are checked before any model is read.
 
     :raises Fair4FreeError: CONFIG_INVALID for flags that do not fit the mode;
         PRIVACY_SETTINGS_INVALID for values that are not positive and finite.
@@ -346,12 +352,13 @@ def settings_from_args(
         "--latent-clip": args.latent_clip,
     }
     given = [flag for flag, value in values.items() if value is not None]
-    mode: LatentMode = args.latent_release or default_latent_mode(metadata)
+    mode: LatentMode | None = args.latent_release
     if mode != "gaussian":
         if given:
+            chosen = "the default" if mode is None else f"--latent-release {mode}"
             raise Fair4FreeError(
                 ErrorCode.CONFIG_INVALID,
-                GAUSSIAN_FLAGS_WITHOUT_GAUSSIAN.format(flags=", ".join(given), mode=mode),
+                GAUSSIAN_FLAGS_WITHOUT_GAUSSIAN.format(flags=", ".join(given), chosen=chosen),
             )
         return LatentReleaseSettings(mode=mode)
     missing = [flag for flag in list(values)[:2] if values[flag] is None]

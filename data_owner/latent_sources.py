@@ -108,7 +108,7 @@ def open_latent_source(
     :raises Fair4FreeError: PRIVACY_SETTINGS_INVALID for Gaussian settings the model cannot
         serve (see ``plan_release``) or that differ from its earlier releases' noise.
     """
-    if settings.mode == "prior":
+    if settings.mode_for(teacher.metadata) == "prior":
         return PriorLatents(teacher.model.config.latent_dim)
     if settings.gaussian is None:
         if teacher_guarantee(teacher.metadata) is not None:

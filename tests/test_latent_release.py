@@ -177,8 +177,7 @@ def serve_args(*flags: str) -> list[str]:
     ("flags", "code", "message"),
     [
         (["--latent-clip", "2"], ErrorCode.CONFIG_INVALID,
-         "--latent-clip only apply with --latent-release gaussian, not with --latent-release "
-         "posterior"),
+         "--latent-clip only apply with --latent-release gaussian, not with the default"),
         (["--latent-release", "prior", "--latent-delta", "1e-7", "--latent-epsilon-limit", "1"],
          ErrorCode.CONFIG_INVALID, "--latent-epsilon-limit, --latent-delta only apply"),
         (["--latent-release", "gaussian", "--latent-epsilon-limit", "1"],
@@ -192,12 +191,10 @@ def serve_args(*flags: str) -> list[str]:
          ErrorCode.PRIVACY_SETTINGS_INVALID, "--latent-clip must be a finite number above 0"),
     ],
 )  # fmt: skip
-def test_flags_that_do_not_fit_are_refused(
-    flags: list[str], code: ErrorCode, message: str, teacher: Teacher
-) -> None:
+def test_flags_that_do_not_fit_are_refused(flags: list[str], code: ErrorCode, message: str) -> None:
     args = build_parser().parse_args(serve_args(*flags))
     with pytest.raises(Fair4FreeError, match=message) as caught:
-        lr.settings_from_args(args, teacher.metadata)
+        lr.settings_from_args(args)
     assert caught.value.code is code
 
 
@@ -206,15 +203,16 @@ def test_flags_make_the_settings(teacher: Teacher) -> None:
         "--latent-release", "gaussian", "--latent-noise-multiplier", "4",
         "--latent-epsilon-limit", "2",
     ))  # fmt: skip
-    assert lr.settings_from_args(args, teacher.metadata) == lr.LatentReleaseSettings(
+    assert lr.settings_from_args(args) == lr.LatentReleaseSettings(
         mode="gaussian",
         gaussian=lr.GaussianLatentSettings(
             noise_multiplier=4, epsilon_limit=2, delta=lr.DEFAULT_DELTA
         ),
     )
-    # A teacher trained without DP has no guarantee to keep: posterior draws unless told.
-    default = lr.settings_from_args(build_parser().parse_args(serve_args()), teacher.metadata)
-    assert default.mode == "posterior"
+    # Without --latent-release the teacher decides; one trained without DP has no guarantee
+    # to keep, so it serves posterior draws.
+    default = lr.settings_from_args(build_parser().parse_args(serve_args()))
+    assert default.mode is None and default.mode_for(teacher.metadata) == "posterior"
 
 
 def test_a_mode_without_its_settings_is_refused() -> None:
