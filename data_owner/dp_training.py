@@ -95,9 +95,9 @@ plain 1e-3: clipping and noise shrink and blur each step, and at 1e-3 the teache
 labels loosely (F1 of its rows about 0.3 against 0.5, real-test DPR 0.51-0.70 against
 0.87-0.97). KL weight four times the plain 0.1: the fully DP path decodes N(0, I) latents, which
 the posteriors drift away from at 0.1 (coverage of prior rows 0.55 against 0.70 at 0.4; DPR
-0.87-0.88 against 0.89-0.96); one DP training each. Fairness weight twice the plain 5: the
-adversary that stands in for distance correlation under DP (see above) learns from noisy
-gradients too, and at 5 prior rows scored DPR 0.825 on average over eight trainings, at 10 0.921
+0.87-0.88 against 0.89-0.96); one DP training each. Fairness weight twice the plain 5 (the
+adversary standing in for distance correlation, above, learns from noisy gradients; our reading of
+why it needs more): at 5 prior rows scored DPR 0.825 on average over eight trainings, at 10 0.921
 over ten (7.5: 0.855 and 15: 0.846, over three each), for about 0.01 accuracy."""
 
 
