@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
+from test_audit_daemon import _events
 
 from conftest import CLIENT_NAME, Cohort, write_policy
 from fair4free.common.codec import (
@@ -45,7 +46,6 @@ from fair4free.consumer import cli as consumer_cli
 from fair4free.consumer.client import ClientConfig, OwnerClient
 from fair4free.data_owner import datasets, queries
 from fair4free.data_owner.audit_keys import PUBLIC_KEY_FILE, load_public_key
-from fair4free.data_owner.audit_record import list_segments
 from fair4free.data_owner.audit_verify import verify
 from fair4free.data_owner.deadline import UPLOAD_STOPPED
 from fair4free.data_owner.holdout import draw_split, load_split
@@ -359,16 +359,7 @@ def test_the_audit_log_records_evaluate_calls_and_verifies(
     assert result.ok, result.problems
 
 
-def _events(state: Path) -> list[dict[str, Any]]:
-    records = [
-        json.loads(line)
-        for _, segment in list_segments(state / AUDIT_DIR)
-        for line in segment.read_text().splitlines()
-    ]
-    return [record["event"] for record in records if record["kind"] == "event"]
-
-
-def _terminal_event(state: Path, method: str) -> dict[str, Any]:
+def _terminal_event(state: Path, method: str) -> dict[str, object]:
     """The audit's last event for ``method`` once the call has ended (waits up to TIMEOUT)."""
     deadline = time.monotonic() + TIMEOUT
     while True:
